@@ -1,0 +1,67 @@
+"""Reading export bundles: a directory with config.yaml, train.yaml, optional weights.pt and metrics.json.
+
+A finished training run writes the same layout into its output directory, so a trained run is itself
+a bundle (``hrvit-nas train RUN_DIR`` fine-tunes from it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hrvit_nas.errors import UserError
+from hrvit_space.config import ArchConfig
+from training.recipe import TrainRecipe
+
+CONFIG_FILE = "config.yaml"
+RECIPE_FILE = "train.yaml"
+WEIGHTS_FILE = "weights.pt"
+METRICS_FILE = "metrics.json"
+
+
+class BundleError(UserError, ValueError):
+    """A bundle directory that lacks a required file or holds an unreadable one."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    config: ArchConfig
+    recipe: TrainRecipe
+    weights_path: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def load_bundle(directory: str | Path) -> Bundle:
+    """Load a bundle; every missing or malformed file gets an error naming the file and the fix."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {str(directory)!r} not found; pass a directory written by `hrvit-nas export` or `hrvit-nas train`")
+    missing = [name for name in (CONFIG_FILE, RECIPE_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise BundleError(
+            f"bundle {str(directory)!r} lacks {', '.join(missing)}; re-export it with `hrvit-nas export` "
+            f"(a bundle holds {CONFIG_FILE}, {RECIPE_FILE}, optionally {WEIGHTS_FILE} and {METRICS_FILE})"
+        )
+    config = _with_file_context(directory / CONFIG_FILE, ArchConfig.load)
+    recipe = _with_file_context(directory / RECIPE_FILE, TrainRecipe.load)
+    metrics: dict[str, Any] = {}
+    metrics_path = directory / METRICS_FILE
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError as error:
+            raise BundleError(f"{metrics_path}: not valid JSON ({error}); delete or regenerate it") from None
+        if not isinstance(metrics, dict):
+            raise BundleError(f"{metrics_path}: expected a JSON object of metrics; delete or regenerate it")
+    weights = directory / WEIGHTS_FILE
+    return Bundle(config, recipe, weights if weights.is_file() else None, metrics, directory)
+
+
+def _with_file_context(path: Path, loader):
+    try:
+        return loader(path)
+    except UserError as error:
+        raise BundleError(f"{path}: {error}") from None
