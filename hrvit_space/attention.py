@@ -1,0 +1,76 @@
+"""HRViT's cross-shaped window attention, computed with fused SDPA on batched strips.
+
+Half of the channels attend within horizontal strips (``ws`` rows x full width), the other half within
+vertical strips (full height x ``ws`` columns). Keys are the values (one shared projection). When the
+map is not a multiple of ``ws`` it is zero-padded at the bottom/right and the padded keys are masked
+out, which equals attention over the valid tokens of the last, shorter strip.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hrvit_space.layers import LinearBN, to_nchw, to_nhwc
+
+
+@functools.lru_cache(maxsize=64)
+def _key_padding_mask(batch: int, strips: int, length: int, valid: int, device: torch.device) -> Tensor:
+    """(batch*strips, 1, 1, length) bool: True where a key takes part; only the last strip is short."""
+    mask = torch.ones(strips, length, dtype=torch.bool, device=device)
+    mask[-1, valid:] = False
+    return mask.repeat(batch, 1).view(batch * strips, 1, 1, length)
+
+
+def strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
+    """Attention within horizontal strips of ``window`` rows; q, v: (B, H, W, C) (key = value).
+
+    A strip of ``window`` full rows is contiguous in (B, H, W, C) memory, so all strips of all images
+    form one SDPA batch by a view, and SDPA's output comes back in the same layout.
+    """
+    batch, height, width, channels = q.shape
+    pad = -height % window
+    if pad:
+        q = F.pad(q, (0, 0, 0, 0, 0, pad))
+        v = F.pad(v, (0, 0, 0, 0, 0, pad))
+    strips, length = (height + pad) // window, window * width
+    q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
+    v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
+    mask = _key_padding_mask(batch, strips, length, (window - pad) * width, q.device) if pad else None
+    out = F.scaled_dot_product_attention(q, v, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(batch, height + pad, width, channels)
+    return out[:, :height] if pad else out
+
+
+class CrossShapedAttention(nn.Module):
+    """Cross-shaped window self-attention with a depthwise-conv parallel path (HRViT, Sec. 3.2).
+
+    ``window_size`` does not change any weight, so a supernet can switch it freely.
+    """
+
+    def __init__(self, dim: int, dim_head: int, window_size: int) -> None:
+        super().__init__()
+        half = dim // 2
+        self.head_dim = min(half, dim_head)  # a half narrower than dim_head becomes one head
+        self.heads = half // self.head_dim  # per direction
+        self.window_size = window_size
+        self.qv = nn.Linear(dim, 2 * dim)
+        self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.proj = LinearBN(dim, dim, zero_init_bn=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, H, W, C) tokens -> (B, H, W, C)."""
+        q, v = self.qv(x).chunk(2, dim=-1)
+        half = q.shape[-1] // 2
+        out = to_nhwc(self.local_conv(to_nchw(F.hardswish(v))))  # parallel path; strips add into it
+        out[..., :half] += strip_attention(q[..., :half], v[..., :half], self.window_size, self.heads)
+        out[..., half:] += strip_attention(
+            q[..., half:].transpose(1, 2), v[..., half:].transpose(1, 2), self.window_size, self.heads
+        ).transpose(1, 2)
+        return self.proj(F.hardswish(out))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}x2, head_dim={self.head_dim}, window_size={self.window_size}"
