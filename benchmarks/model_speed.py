@@ -1,10 +1,17 @@
 """Forward latency of HRViT b1/b2/b3: this implementation vs a reference-style one, side by side.
 
-The reference-style baseline shares every weight with our model and replaces each HRViT block by the
-straightforward formulation of the reference code: tokens as (B, N, C), transposes around every conv
-and the DES linears, strips built with permutes, full attention matrices materialised, the padding
-mask rebuilt on every call. Trials are interleaved (ours, ours + folded BN, baseline, repeat) and
-medians reported, so machine noise hits all variants alike. Outputs are checked equal first.
+The reference-style baseline shares every weight with our model and computes it the way the reference
+code (facebookresearch/HRViT) does: contiguous NCHW maps for the stem, fusion and head; per branch a
+patch embedding that flattens and transposes to tokens (B, N, C) before its LayerNorm; blocks on
+(B, N, C) tokens with transposes around every conv and the DES linears, strips built with permutes,
+full attention matrices materialised, the padding mask rebuilt on every call (the reference keeps
+an lru_cache of 4 entries keyed per module, which the blocks of one forward keep evicting); and a
+contiguous NCHW copy of each branch at the end of a module.
+
+Columns: ``ours`` is the plain model (its FLOPs are the architecture's); ``+foldBN`` adds BN folding;
+``inference`` is ``optimize_for_inference`` (BN folded, SegFormer fuse conv merged into the branch
+projections). Trials are interleaved (every variant once per round) and medians reported, so machine
+noise hits all variants alike. Outputs are checked equal first. Runs under ``torch.inference_mode``.
 
     python benchmarks/model_speed.py                 # b1, b2, b3 at 512x512
     python benchmarks/model_speed.py --size 224
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import time
 
@@ -23,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrvit_space import build_model, fold_batchnorm, preset
-from hrvit_space.model import Block
+from hrvit_space import build_model, fold_batchnorm, optimize_for_inference, preset
+from hrvit_space.model import Block, Branch, HRViT
 
 
 class ReferenceStyleBlock(nn.Module):
@@ -34,12 +42,10 @@ class ReferenceStyleBlock(nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch, h, w, c = x.shape
+    def forward(self, t: Tensor, h: int, w: int) -> Tensor:
         b = self.block
-        t = x.reshape(batch, h * w, c)
         t = t + self.attention(b.attn_norm(t), h, w) + self.des(t)
-        return (t + self.mixcfn(b.mlp_norm(t), h, w)).view(batch, h, w, c)
+        return t + self.mixcfn(b.mlp_norm(t), h, w)
 
     def des(self, t: Tensor) -> Tensor:
         des = self.block.des
@@ -70,8 +76,9 @@ class ReferenceStyleBlock(nn.Module):
     def strips(q: Tensor, v: Tensor, h: int, w: int, ws: int, dh: int, horizontal: bool) -> Tensor:
         batch, n, c = q.shape
         hp, wp = (math.ceil(h / ws) * ws, w) if horizontal else (h, math.ceil(w / ws) * ws)
-        pad = [0, wp - w, 0, hp - h]
-        q, v = (F.pad(z.transpose(-1, -2).reshape(batch, c, h, w), pad).flatten(2).transpose(-1, -2) for z in (q, v))
+        if (hp, wp) != (h, w):  # like the reference, go through NCHW to pad only when the strips do not divide
+            pad = [0, wp - w, 0, hp - h]
+            q, v = (F.pad(z.transpose(-1, -2).reshape(batch, c, h, w), pad).flatten(2).transpose(-1, -2) for z in (q, v))
         if horizontal:
             split = lambda z: z.reshape(batch, hp // ws, ws, w, c // dh, dh).permute(0, 1, 4, 2, 3, 5).flatten(3, 4)  # noqa: E731
         else:
@@ -92,12 +99,37 @@ class ReferenceStyleBlock(nn.Module):
         return out.reshape(batch, n, c)
 
 
-def reference_style(model: nn.Module) -> nn.Module:
-    baseline = copy.deepcopy(model)
-    for stage in baseline.stages:
-        for branch in stage.branches:
-            branch.blocks = nn.ModuleList(ReferenceStyleBlock(block) for block in branch.blocks)
-    return baseline
+class ReferenceStyleBranch(nn.Module):
+    """Patch embedding in NCHW, then tokens (B, N, C) through the blocks, then a contiguous NCHW copy."""
+
+    def __init__(self, branch: Branch) -> None:
+        super().__init__()
+        self.embed, self.norm = branch.embed, branch.norm
+        self.blocks = nn.ModuleList(ReferenceStyleBlock(block) for block in branch.blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed.dw(self.embed.pw(x))
+        batch, _, h, w = x.shape
+        t = self.embed.norm(x.flatten(2).transpose(1, 2))
+        for block in self.blocks:
+            t = block(t, h, w)
+        return self.norm(t).reshape(batch, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+class ReferenceStyleHRViT(nn.Module):
+    """``model``'s weights (a copy) computed reference-style; stem, fusion and head run on NCHW maps."""
+
+    def __init__(self, model: HRViT) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model)
+        for stage in self.model.stages:
+            stage.branches = nn.ModuleList(ReferenceStyleBranch(branch) for branch in stage.branches)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = [self.model.stem(x.contiguous())]
+        for stage in self.model.stages:
+            xs = stage(xs)
+        return self.model.head(xs)
 
 
 def randomise_bn(model: nn.Module) -> nn.Module:
@@ -135,15 +167,17 @@ def main() -> None:
         args.variants, args.size, args.trials = ["b1"], 224, 3
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device={device} threads={args.threads} input={args.batch}x3x{args.size}x{args.size} trials={args.trials} (medians, ms)")
-    print(f"{'variant':8} {'reference-style':>16} {'ours':>10} {'ours+foldBN':>12} {'speed-up':>9} {'w/ fold':>8}")
+    load = " load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    print(f"device={device} threads={args.threads} input={args.batch}x3x{args.size}x{args.size} trials={args.trials} (medians, ms){load}")
+    print(f"{'variant':8} {'reference-style':>16} {'ours':>8} {'+foldBN':>8} {'inference':>10}   speed-up: {'ours':>6} {'+foldBN':>8} {'inference':>9}")
     for name in args.variants:
         torch.manual_seed(0)
         ours = randomise_bn(build_model(preset(name, input_size=(args.size, args.size)))).eval().to(device)
-        baseline = reference_style(ours)
+        baseline = ReferenceStyleHRViT(ours)
         folded = fold_batchnorm(copy.deepcopy(ours))
+        inference = optimize_for_inference(copy.deepcopy(ours))
         x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-        variants = {"reference-style": baseline, "ours": ours, "ours+foldBN": folded}
+        variants = {"reference-style": baseline, "ours": ours, "+foldBN": folded, "inference": inference}
         times: dict[str, list[float]] = {key: [] for key in variants}
         with torch.inference_mode():
             expected = baseline(x)
@@ -155,8 +189,9 @@ def main() -> None:
                 for key, model in variants.items():
                     times[key].append(timed(model, x))
         ms = {key: statistics.median(values) for key, values in times.items()}
-        print(f"{name:8} {ms['reference-style']:16.1f} {ms['ours']:10.1f} {ms['ours+foldBN']:12.1f} "
-              f"{ms['reference-style'] / ms['ours']:8.2f}x {ms['reference-style'] / ms['ours+foldBN']:7.2f}x")
+        ratios = {key: ms["reference-style"] / ms[key] for key in ("ours", "+foldBN", "inference")}
+        print(f"{name:8} {ms['reference-style']:16.1f} {ms['ours']:8.1f} {ms['+foldBN']:8.1f} {ms['inference']:10.1f}   "
+              f"          {ratios['ours']:5.2f}x {ratios['+foldBN']:7.2f}x {ratios['inference']:8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

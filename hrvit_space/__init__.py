@@ -10,7 +10,7 @@ __all__ = ["PRESETS", "ArchConfig", "ConfigError", "HeadConfig", "Knob", "Search
 _LAZY = {
     "fold_batchnorm": "batchnorm", "recalibrate_bn": "batchnorm",
     "COMPONENTS": "model", "HRViT": "model", "build_model": "model", "component_of": "model",
-    "hrvit_b1": "model", "hrvit_b2": "model", "hrvit_b3": "model",
+    "hrvit_b1": "model", "hrvit_b2": "model", "hrvit_b3": "model", "optimize_for_inference": "model",
     "load_reference_state_dict": "reference", "to_reference_state_dict": "reference",
     "HRViTSupernet": "supernet",
 }

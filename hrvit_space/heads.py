@@ -29,6 +29,39 @@ class SegFormerHead(nn.Module):
         return self.classifier(self.dropout(F.relu(self.fuse(torch.cat(maps, dim=1)))))
 
 
+class MergedSegFormerHead(nn.Module):
+    """Inference form of a SegFormerHead with the same outputs and far fewer MACs.
+
+    Projection, bilinear resize (its weights sum to one) and the fuse 1x1 conv are all linear, so the
+    fuse conv's slice for branch ``b`` is multiplied into branch ``b``'s projection: each branch maps
+    straight to ``width`` channels and the maps are summed, never building the ``n * width`` concat at
+    1/4 resolution (the largest single op of the plain head).
+    """
+
+    def __init__(self, head: SegFormerHead) -> None:
+        super().__init__()
+        fuse = head.fuse.conv
+        width = fuse.out_channels
+        slices = fuse.weight.detach().flatten(1).split(width, dim=1)
+        self.proj = nn.ModuleList()
+        for b, (proj, fuse_slice) in enumerate(zip(head.proj, slices)):
+            merged = nn.Conv2d(proj.in_channels, width, 1)
+            with torch.no_grad():
+                merged.weight.copy_((fuse_slice @ proj.weight.flatten(1)).view_as(merged.weight))
+                merged.bias.copy_(fuse_slice @ proj.bias)
+                if b == 0 and fuse.bias is not None:  # a folded BN left a bias on the fuse conv
+                    merged.bias.add_(fuse.bias)
+            self.proj.append(merged)
+        self.bn, self.dropout, self.classifier = head.fuse.bn, head.dropout, head.classifier
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        size = features[0].shape[-2:]
+        total = self.proj[0](features[0])
+        for proj, x in zip(self.proj[1:], features[1:]):
+            total += F.interpolate(proj(x), size=size, mode="bilinear", align_corners=False)
+        return self.classifier(self.dropout(F.relu(self.bn(total))))
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck (expansion 4) used by the HRNet-style classification head."""
 

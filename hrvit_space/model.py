@@ -15,9 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.attention import CrossShapedAttention
+from hrvit_space.batchnorm import fold_batchnorm
 from hrvit_space.config import ArchConfig, preset
-from hrvit_space.heads import build_head
-from hrvit_space.layers import DES, ConvBN, DropPath, MixCFN, PatchEmbed, to_nchw
+from hrvit_space.heads import MergedSegFormerHead, SegFormerHead, build_head
+from hrvit_space.layers import (
+    DES,
+    ConvBN,
+    DropPath,
+    MixCFN,
+    PatchEmbed,
+    gelu_nchw,
+    to_nchw,
+)
 
 STEM_WIDTH = 64
 
@@ -103,7 +112,7 @@ class Fusion(nn.Module):
                 if j > i:
                     y = F.interpolate(y, size=xs[i].shape[-2:], mode="nearest")
                 total = y if total is None else total + y
-            outs.append(F.gelu(total))
+            outs.append(gelu_nchw(total))
         return outs
 
 
@@ -165,6 +174,20 @@ class HRViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         features = self.forward_features(x)
         return features if self.head is None else self.head(features)
+
+
+def optimize_for_inference(model: HRViT) -> HRViT:
+    """Turn ``model`` (an HRViT or an active supernet) into its inference form, in place; returns it in eval mode.
+
+    Folds every BatchNorm into its conv/linear and merges the SegFormer head's fuse conv into the
+    per-branch projections (``MergedSegFormerHead``). Outputs equal the eval-mode model's within float
+    tolerance, with fewer ops. Not for training or checkpoints: no BN is left and the state-dict keys
+    of the head change. FLOP counts of the architecture should be taken on the plain model.
+    """
+    fold_batchnorm(model)
+    if isinstance(model.head, SegFormerHead):
+        model.head = MergedSegFormerHead(model.head)
+    return model
 
 
 def _init_weights(module: nn.Module) -> None:

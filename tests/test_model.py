@@ -12,7 +12,18 @@ from hrvit_nas.errors import UserError
 from hrvit_space.attention import CrossShapedAttention, strip_attention
 from hrvit_space.batchnorm import fold_batchnorm, recalibrate_bn
 from hrvit_space.config import ArchConfig, HeadConfig, preset
-from hrvit_space.model import COMPONENTS, HRViT, build_model, component_of, hrvit_b1, hrvit_b2, hrvit_b3
+from hrvit_space.heads import MergedSegFormerHead
+from hrvit_space.layers import gelu_nchw
+from hrvit_space.model import (
+    COMPONENTS,
+    HRViT,
+    build_model,
+    component_of,
+    hrvit_b1,
+    hrvit_b2,
+    hrvit_b3,
+    optimize_for_inference,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -166,6 +177,35 @@ def test_fold_batchnorm_keeps_outputs_and_removes_bn(kind):
         folded = fold_batchnorm(model)
         assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["segformer", "classification", "none"])
+def test_optimize_for_inference_keeps_outputs(kind):
+    model = randomise(HRViT(tiny(kind))).eval()
+    x = torch.randn(2, 3, 64, 48)  # non-square: the merged head resizes each branch to the 1/4 map
+    with torch.no_grad():
+        expected = model(x)
+        fast = optimize_for_inference(model)
+        outputs = fast(x)
+    assert not fast.training
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fast.modules())
+    assert isinstance(fast.head, MergedSegFormerHead) == (kind == "segformer")
+    for got, want in zip(outputs if kind == "none" else [outputs], expected if kind == "none" else [expected]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_segformer_head_without_folding_keeps_its_batchnorm_and_outputs():
+    model = randomise(HRViT(tiny())).eval()
+    features = [torch.randn(1, c, 16 // 2**b, 12 // 2**b) for b, c in enumerate(model.config.channels)]
+    with torch.no_grad():
+        torch.testing.assert_close(MergedSegFormerHead(model.head).eval()(features), model.head(features), rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_on_channels_last_maps_keeps_layout_and_values():
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    y = gelu_nchw(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x))
 
 
 def test_recalibrate_bn_sets_exact_batch_statistics_and_returns_eval_mode():

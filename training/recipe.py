@@ -122,6 +122,15 @@ class TrainRecipe:
         values.update(overrides)
         return cls.from_dict(values)
 
+    @classmethod
+    def for_spec(cls, spec, **overrides: Any) -> "TrainRecipe":
+        """``for_dataset(spec.kind)`` reading ``spec`` (a ``training.data.DatasetSpec``); synthetic data
+        is trained at its own image size."""
+        values: dict[str, Any] = {"dataset": spec.to_dict()}
+        if spec.kind == "synthetic" and "size" in spec.options:
+            values["crop_size"] = spec.options["size"]
+        return cls.for_dataset(spec.kind, **{**values, **overrides})
+
     # ------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -1,0 +1,65 @@
+"""``hrvit-nas demo``: the main job on an embedded default, search -> report -> export, in one command.
+
+It is the same code path as ``search``, ``report`` and ``export`` run one after the other, with
+settings small enough for a CPU: the default space at a reduced input, zero-cost accuracy vs measured
+latency, the b1/b2/b3 baselines enqueued, and the knee of the front exported for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hrvit_nas.errors import UserError
+
+DEMO_STUDY = "demo"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="small end-to-end search on the default space: Pareto plot, report, exported config",
+        description="Search the default space (zero-cost accuracy vs measured latency), then write the report "
+        "and export the knee of the Pareto front. Re-running resumes the same study.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
+    demo.add_argument("--trials", type=int, default=24, help="completed trials to reach (default 24)")
+    demo.add_argument("--input", default="224x224", help="input size HxW (default 224x224, small enough for a CPU)")
+    demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from reports.export import ExportOptions, export_trials
+    from reports.report import write_report
+    from reports.selectors import parse_selector, select
+    from reports.study_data import study_data
+    from search.cli import parse_input_size
+    from search.study import SearchSettings
+    from search.workers import run_search
+
+    out: Path = args.out
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    settings = SearchSettings(
+        objectives=("accuracy", "latency"), input_size=parse_input_size(args.input), device=args.device,
+        seed=args.seed, baselines=True,
+    )
+    print(f"searching {settings.space} at {args.input} on {args.device}: {args.trials} trials into {storage}")
+    study = run_search(settings, DEMO_STUDY, storage, args.trials, run_dir=out, progress=True)
+
+    data = study_data(study)
+    files = write_report(data, out / "report")
+    knee = select(data, parse_selector("knee"))
+    if knee.empty:
+        raise UserError("the demo study has no feasible trial to export; re-run with more --trials")
+    number = int(knee["number"].iloc[0])
+    bundle = out / "export" / f"trial_{number:04d}"
+    export_trials(data, [number], bundle, ExportOptions(force=True))
+
+    pareto = [p for name, paths in files.figures.items() if name.startswith("pareto_") for p in paths if p.suffix == ".png"]
+    print(f"report:      {files.html}")
+    if pareto:
+        print(f"pareto plot: {pareto[0]}")
+    print(f"exported:    {bundle / 'config.yaml'} (trial {number}, the knee of the front)")
+    print(f"train it:    hrvit-nas train {bundle} --data ade20k:/path/to/ADEChallengeData2016")
+    return 0

@@ -1,0 +1,43 @@
+"""The measured quantities a report or selector talks about, derived from ``search.objectives``.
+
+Column names follow the trial-record contract: the unit is part of the name (``latency_ms``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search.objectives import BUDGETS, OBJECTIVES
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # trials-frame column and measurement key
+    objective: str  # objective name in the study settings
+    unit: str
+    maximize: bool
+    budget: str | None  # key in settings["budgets"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.objective} ({'estimator score' if self.objective == 'accuracy' else self.unit})"
+
+
+METRICS: tuple[Metric, ...] = tuple(
+    Metric(spec.key, name, spec.unit, spec.direction == "maximize",
+           next((budget.name for budget in BUDGETS.values() if budget.key == spec.key), None))
+    for name, spec in OBJECTIVES.items()
+)
+BY_COLUMN = {metric.column: metric for metric in METRICS}
+BY_OBJECTIVE = {metric.objective: metric for metric in METRICS}
+
+# Units of every measurement key a trial may carry (metrics.json writes them next to the values).
+MEASUREMENT_UNITS = {
+    **{metric.column: metric.unit for metric in METRICS},
+    "accuracy": "estimator score (higher is better)",
+    "latency_source": "predictor | measured",
+    "gmacs": "GMACs",
+    "params_m_by_branch": "M",
+    "gmacs_by_branch": "GMACs",
+    "gmacs_by_component": "GMACs",
+}

@@ -1,0 +1,105 @@
+"""``hrvit-nas search``: run or resume a multi-objective architecture search."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from hrvit_nas.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="multi-objective architecture search under latency/energy/params/FLOPs budgets",
+        description=(
+            "Run an Optuna study over the search space; re-running the same command resumes it "
+            "(COMPLETE trials count toward --trials, trials of killed workers are retried)."
+        ),
+    )
+    p.add_argument("--study", required=True, help="study name (resumed when it exists in the storage)")
+    p.add_argument("--storage", help="file path, sqlite:///PATH, journal:///PATH, postgresql://..., mysql://... "
+                   "(default: RUN_DIR/study.db, SQLite)")
+    p.add_argument("--run-dir", help="directory for the default storage (default: runs/STUDY)")
+    p.add_argument("--space", help="search space YAML (default: the built-in space around HRViT-b1)")
+    p.add_argument("--trials", type=int, default=50, help="COMPLETE trials the study should hold (default 50)")
+    p.add_argument("--objectives", default="accuracy,latency", help="comma list of accuracy, latency, energy, params, flops")
+    p.add_argument("--max-latency-ms", type=float, help="latency budget (ms per batch)")
+    p.add_argument("--max-energy-mj", type=float, help="energy budget (mJ per image, gross)")
+    p.add_argument("--max-params-m", type=float, help="parameter budget (millions)")
+    p.add_argument("--max-gflops", type=float, help="compute budget (GFLOPs)")
+    p.add_argument("--estimator", help="accuracy estimator: zero-cost (default), params, flops, supernet, short-train")
+    p.add_argument("--estimator-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="estimator option, repeatable (e.g. batch=16, checkpoint=supernet.pt)")
+    p.add_argument("--latency-predictor", metavar="PATH", help="predict latency with this fitted predictor instead of measuring")
+    p.add_argument("--device", default="auto", help="profiling device: auto, cpu, cuda, cuda:1 (default auto)")
+    p.add_argument("--input", default=None, metavar="HxW", help="input size, e.g. 512x512 (default: the space's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for profiling (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each when several)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed+i)")
+    p.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe, gp or random")
+    p.add_argument("--baselines", action="store_true", help="enqueue the b1/b2/b3 presets (nearest space members) first")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handle_search)
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not match or int(match.group(1)) <= 0 or (match.group(2) is not None and int(match.group(2)) <= 0):
+        raise UserError(f"--input {text!r}: give HEIGHTxWIDTH with positive integers, e.g. 512x512")
+    height = int(match.group(1))
+    return height, int(match.group(2) or height)
+
+
+def parse_options(items: list[str]) -> dict:
+    """``key=value`` pairs; values are read as YAML scalars (16 -> int, true -> bool, a.pt -> str)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--estimator-option {item!r}: write KEY=VALUE, e.g. batch=16")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options
+
+
+def handle_search(args: argparse.Namespace) -> int:
+    from hrvit_space import SearchSpace
+    from search.records import pareto_trials
+    from search.study import SearchSettings
+    from search.workers import run_search
+
+    space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
+    settings = SearchSettings(
+        space=space,
+        objectives=args.objectives,
+        budgets={
+            "max_latency_ms": args.max_latency_ms,
+            "max_energy_mj": args.max_energy_mj,
+            "max_params_m": args.max_params_m,
+            "max_gflops": args.max_gflops,
+        },
+        input_size=parse_input_size(args.input) if args.input else None,
+        batch=args.batch,
+        device=args.device,
+        estimator=args.estimator,
+        estimator_options=parse_options(args.estimator_option),
+        sampler=args.sampler,
+        seed=args.seed,
+        latency_predictor=args.latency_predictor,
+        baselines=args.baselines,
+    )
+    study = run_search(
+        settings, args.study, args.storage, args.trials,
+        workers=args.workers, run_dir=args.run_dir, progress=not args.no_progress,
+    )
+    front = pareto_trials(study)
+    print(f"study {study.study_name!r}: {len(study.trials)} trials, {len(front)} on the feasible Pareto front")
+    for trial in sorted(front, key=lambda t: t.values):
+        values = ", ".join(f"{name}={value:.4g}" for name, value in zip(settings.objectives, trial.values))
+        print(f"  trial {trial.number:4d}  {values}  config {trial.user_attrs.get('config_hash')}")
+    return 0

@@ -1,0 +1,95 @@
+"""Trial records: what a search stores and how readers (reports, export) load it back.
+
+The contract (readers code against these names):
+
+- Objectives ``accuracy`` (maximise, estimator score), ``latency`` (ms), ``energy`` (mJ per image,
+  gross), ``params`` (M), ``flops`` (GFLOPs); study directions follow the settings' objective order.
+- Trial user_attrs: ``config`` (ArchConfig.to_dict()), ``config_hash``, ``measurements`` (``params_m``,
+  ``gmacs``, ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), ``energy_mj``,
+  ``accuracy``, and the breakdowns ``params_m_by_branch``, ``gmacs_by_branch``, ``gmacs_by_component``;
+  keys absent when not measured), ``fingerprint``, ``estimator``, ``baseline`` (enqueued presets only),
+  ``feasible``, ``violations`` (budget -> amount over), ``failure_reason`` (FAILED trials only).
+  Budgets are Optuna constraints named like the budgets (``max_latency_ms``, ...).
+- Study user_attr ``settings``: ``schema_version``, ``objectives`` ([{name, direction, unit}]),
+  ``budgets`` (only those set), ``space``, ``input_size``, ``batch``, ``device``, ``estimator``,
+  ``sampler``, ``seed``, ``created`` (plus ``estimator_options``, ``latency_predictor``, ``baselines``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from hrvit_nas.errors import UserError
+from hrvit_space import ArchConfig
+from search.objectives import OBJECTIVES
+from search.storage import open_storage
+
+OBJECTIVE_COLUMNS = {name: spec.key for name, spec in OBJECTIVES.items()}
+MEASUREMENT_COLUMNS = ("params_m", "gmacs", "gflops", "latency_ms", "latency_source", "energy_mj", "accuracy")
+
+
+def open_study(name: str, storage) -> optuna.Study:
+    """Load a search study; unknown names list the studies that exist in the storage."""
+    storage = open_storage(storage, heartbeat_s=None) if isinstance(storage, str) else storage
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        listing = ", ".join(sorted(names)) if names else "none"
+        raise UserError(f"study {name!r} not found in the storage (studies there: {listing}); check --study and --storage")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_settings(study: optuna.Study) -> dict[str, Any]:
+    settings = study.user_attrs.get("settings")
+    if settings is None:
+        raise UserError(f"study {study.study_name!r} has no search settings: it was not created by `hrvit-nas search`")
+    return settings
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible Pareto front (Optuna excludes infeasible trials when constraints are set)."""
+    return [t for t in study.best_trials if is_feasible(t)]
+
+
+def trial_config(trial: FrozenTrial) -> ArchConfig:
+    if "config" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} has no stored config (it failed before its parameters were decoded)")
+    return ArchConfig.from_dict(trial.user_attrs["config"])
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with objectives (unit in the column name), flattened measurements and flags."""
+    pareto = {t.number for t in pareto_trials(study)}
+    objective_names = [o["name"] for o in study_settings(study)["objectives"]]
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        measurements = attrs.get("measurements", {})
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+        for name in objective_names:
+            row[OBJECTIVE_COLUMNS[name]] = measurements.get(OBJECTIVE_COLUMNS[name])
+        for key in MEASUREMENT_COLUMNS:
+            row.setdefault(key, measurements.get(key))
+        for key, value in measurements.items():
+            if isinstance(value, dict):
+                row.update({f"{key}.{part}": v for part, v in value.items()})
+        complete = trial.state == TrialState.COMPLETE
+        row["feasible"] = bool(complete and attrs.get("feasible", is_feasible(trial)))
+        row["pareto"] = trial.number in pareto
+        row["violations"] = json.dumps(attrs.get("violations", {}), sort_keys=True)
+        row["baseline"] = attrs.get("baseline")
+        row["estimator"] = attrs.get("estimator")
+        row["config_hash"] = attrs.get("config_hash")
+        row["config_json"] = json.dumps(attrs["config"], sort_keys=True) if "config" in attrs else None
+        row["failure_reason"] = attrs.get("failure_reason")
+        row["duration_s"] = trial.duration.total_seconds() if trial.duration else None
+        rows.append(row)
+    return pd.DataFrame(rows)

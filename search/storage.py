@@ -1,0 +1,134 @@
+"""Resolve ``--storage`` URLs to Optuna storages.
+
+Default storage: SQLite (``study.db`` in the run directory). We chose SQLite over Optuna's JournalStorage
+because, in Optuna 5, only RDB storages support trial heartbeats: a trial left RUNNING by a killed
+worker is then detected and re-queued (``RetryHeartbeatStaleTrialCallback``), which the journal backend
+cannot do. A generous lock timeout lets a few local workers share the file. ``journal:///path`` stays
+available (no heartbeat there: stale RUNNING trials are only counted out, never retried).
+For many machines use ``postgresql://`` or ``mysql://``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+
+from hrvit_nas.errors import UserError
+
+RDB_SCHEMES = ("postgresql", "mysql")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+HEARTBEAT_S = 60  # Optuna's recommended order of magnitude; stale after 2 missed beats
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def default_storage_url(run_dir: str | Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+
+
+def normalize_url(url: str) -> str:
+    """Bare file paths become ``sqlite:///`` or ``journal:///`` URLs by their suffix."""
+    if "://" in url:
+        return url
+    path = Path(url).expanduser().resolve()
+    if path.suffix in JOURNAL_SUFFIXES:
+        return f"journal:///{path}"
+    if path.suffix in SQLITE_SUFFIXES or path.suffix == "":
+        return f"sqlite:///{path}"
+    raise UserError(
+        f"--storage {url!r}: unknown file type {path.suffix!r}; use a {'/'.join(SQLITE_SUFFIXES)} file (SQLite), "
+        f"a {'/'.join(JOURNAL_SUFFIXES)} file (journal), or a sqlite:///, journal:///, postgresql:// or mysql:// URL"
+    )
+
+
+def _local_path(url: str, scheme: str) -> Path:
+    path = Path(url[len(f"{scheme}:///"):]).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if path.is_dir():
+        raise UserError(f"--storage {url!r} is a directory; give a file path for the {scheme} study file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--storage {url!r}: cannot create {path.parent} ({error.strerror}); choose a writable location") from None
+    return path
+
+
+def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: int = 3) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; RDB storages get a heartbeat so killed workers' trials are retried.
+
+    Raises ``UserError`` for an unknown scheme, an unreachable server or a file that is not a study store;
+    nothing is created or changed in an existing store before it opens cleanly.
+    """
+    url = given = normalize_url(str(url))
+    scheme = url.split("://", 1)[0]
+    base_scheme = scheme.split("+", 1)[0]
+    if scheme == "journal":
+        path = _local_path(url, "journal")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as error:  # corrupt journal lines, permissions
+            raise UserError(f"--storage {url!r}: cannot read the journal ({error}); point to an Optuna journal file") from None
+    if base_scheme == "sqlite":
+        _local_path(url, scheme)
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    elif base_scheme in RDB_SCHEMES:
+        url = _with_installed_driver(url, scheme)
+        engine_kwargs = {"pool_pre_ping": True}
+    else:
+        raise UserError(
+            f"--storage {url!r}: unknown scheme {scheme!r}; use a file path, sqlite:///PATH, journal:///PATH, "
+            "postgresql://USER:PASS@HOST/DB or mysql://USER:PASS@HOST/DB"
+        )
+    heartbeat = {}
+    if heartbeat_s:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+        heartbeat = {
+            "heartbeat_interval": heartbeat_s,
+            "grace_period": 2 * heartbeat_s,
+            "heartbeat_stale_trial_callback": retry,
+        }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except ImportError as error:
+        raise UserError(f"--storage {url!r}: the database driver is missing ({error}); pip install it") from None
+    except Exception as error:  # sqlalchemy OperationalError / DatabaseError / ArgumentError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"--storage {_redact(given)}: cannot open the study storage ({reason}); check that the server is running "
+            "and reachable, the credentials, and that a file is an Optuna SQLite study"
+        ) from None
+
+
+# SQLAlchemy's default driver per scheme, then the alternatives we accept (first installed wins).
+DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("MySQLdb", "pymysql")}
+DRIVER_SCHEMES = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2", "MySQLdb": "mysql+mysqldb", "pymysql": "mysql+pymysql"}
+
+
+def _with_installed_driver(url: str, scheme: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 (or pymysql) when that is what is installed."""
+    if scheme not in DRIVERS:
+        return url
+    import importlib.util
+
+    for module in DRIVERS[scheme]:
+        if importlib.util.find_spec(module) is not None:
+            return DRIVER_SCHEMES[module] + url[len(scheme):]
+    raise UserError(f"--storage {_redact(url)}: no {scheme} driver installed; pip install {' or '.join(DRIVERS[scheme])}")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in error messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url

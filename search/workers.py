@@ -1,0 +1,118 @@
+"""``run_search``: validate, open or resume the study, then run one or several local worker processes.
+
+Workers are separate processes (spawned, so each has its own torch runtime) sharing the study through
+its storage; on a machine with several GPUs each is pinned to one GPU via ``CUDA_VISIBLE_DEVICES``, so
+latency and energy measurements do not collide. Worker ``i`` seeds its sampler with ``seed + i`` so
+that workers propose different architectures. Machines sharing a PostgreSQL/MySQL study each run this
+same loop; give each machine its own ``--seed``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from hrvit_nas.errors import UserError
+from search.progress import SearchProgress
+from search.storage import HEARTBEAT_S, default_storage_url, open_storage
+from search.study import SearchSettings, TrialEvaluator, load_or_create_study, preflight, run_worker
+
+DEFAULT_RUN_ROOT = Path("runs")
+
+
+def run_search(
+    settings: SearchSettings,
+    study_name: str,
+    storage: str | None = None,
+    n_trials: int = 20,
+    *,
+    workers: int = 1,
+    run_dir: str | Path | None = None,
+    progress: bool = False,
+    heartbeat_s: int = HEARTBEAT_S,
+) -> optuna.Study:
+    """Run (or resume) ``study_name`` until it holds ``n_trials`` COMPLETE trials; return the study.
+
+    ``storage`` defaults to ``<run_dir>/study.db`` (SQLite), ``run_dir`` to ``runs/<study_name>``.
+    """
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise UserError(f"--trials {n_trials!r}: it must be a positive integer")
+    if not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers {workers!r}: it must be a positive integer")
+    if not study_name or not isinstance(study_name, str):
+        raise UserError("--study: give the study a non-empty name")
+    url = storage or default_storage_url(Path(run_dir) if run_dir else DEFAULT_RUN_ROOT / study_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(url, heartbeat_s=heartbeat_s)
+    evaluator = TrialEvaluator(settings)  # loads the estimator and latency predictor: their errors come first
+    study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator))
+    with SearchProgress(n_trials, enabled=progress) as bar:
+        if workers == 1:
+            run_worker(settings, study_name, store, n_trials, seed=settings.seed, evaluator=evaluator, callbacks=[bar.update])
+        else:
+            _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, on_poll=lambda: bar.update(study))
+        bar.update(study)
+    return optuna.load_study(study_name=study_name, storage=store)
+
+
+def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, seed: int, heartbeat_s: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        settings = SearchSettings.from_dict(settings_dict)
+        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s), n_trials, seed=seed)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
+def _gpu_count(device: str) -> int:
+    if device not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, *, on_poll) -> None:
+    context = multiprocessing.get_context("spawn")
+    gpus = _gpu_count(settings.device)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    processes = []
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        for index in range(workers):
+            if gpus > 1:
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # inherited by the spawned child only
+            process = context.Process(
+                target=_worker_main,
+                args=(settings.to_dict(), study_name, url, n_trials, settings.seed + index, heartbeat_s, threads),
+                name=f"hrvit-search-worker-{index}",
+            )
+            process.start()
+            processes.append(process)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    try:
+        while any(p.is_alive() for p in processes):
+            on_poll()
+            time.sleep(1.0)
+    finally:
+        for process in processes:
+            process.join()
+    failed = [(p.name, p.exitcode) for p in processes if p.exitcode != 0]
+    if failed:
+        raise UserError(
+            f"search worker(s) stopped with an error: {failed} (see their messages above); "
+            "completed trials are kept: re-run the same command to resume"
+        )

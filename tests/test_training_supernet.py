@@ -1,0 +1,145 @@
+"""Supernet training (sandwich rule + distillation), the data-driven estimators and rank-check."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from hrvit_nas.errors import UserError
+from hrvit_space.config import ConfigError
+from hrvit_space.space import SearchSpace
+from search.estimators import make_estimator
+from test_training import SPEC, run_cli, single_thread, tiny_config  # noqa: F401 (fixture)
+from training.estimators import ShortTrainEstimator, SupernetEstimator
+from training.recipe import TrainRecipe
+from training.rank_check import rank_check
+from training.supernet_train import distillation_loss, load_supernet, sandwich_members, train_supernet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY_SPACE = {
+    "base": {"channels": [16, 32], "dim_head": 8, "input_size": [32, 32], "drop_path_rate": 0.0,
+             "head": {"kind": "segformer", "width": 32, "num_classes": 4, "dropout": 0.0}},
+    "depths": [[[1]], [[1, 2], [1, 2]]],
+    "windows": [[1, 2], [1, 2]],
+    "mlp_ratios": [[2, 4]] * 2,
+}
+
+
+@pytest.fixture(scope="module")
+def trained_supernet(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("supernet")
+    recipe = TrainRecipe.for_spec(SPEC, iterations=16, batch_size=4, lr=8e-3, warmup_iters=4, eval_interval=0, checkpoint_interval=0)
+    path = train_supernet(SearchSpace.from_dict(TINY_SPACE), recipe, out, device="cpu", random_members=1, log=lambda _: None)
+    yield path
+    torch.set_num_threads(threads)
+
+
+def test_sandwich_members_are_largest_smallest_and_seeded_random():
+    space = SearchSpace.from_dict(TINY_SPACE)
+    members = sandwich_members(space, seed=0, iteration=5, random_members=2)
+    assert members[0] == space.largest() and members[1] == space.smallest() and len(members) == 4
+    assert sandwich_members(space, 0, 5, 2) == members
+    assert any(sandwich_members(space, 0, it, 2)[2:] != members[2:] for it in range(6, 12))
+
+
+def test_distillation_loss_is_zero_only_when_student_matches_teacher():
+    teacher = torch.randn(2, 4, 8, 8)
+    assert distillation_loss(teacher.clone(), teacher, "kl").item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(torch.randn(2, 4, 8, 8), teacher, "kl").item() > 0.01
+    hard_target = torch.nn.functional.one_hot(teacher.argmax(1), 4).permute(0, 3, 1, 2).float() * 20
+    assert distillation_loss(hard_target, teacher, "hard").item() < 1e-6
+
+
+def test_supernet_trains_and_its_estimator_scores_members(trained_supernet):
+    supernet, space, recipe = load_supernet(trained_supernet)
+    assert recipe.iterations == 16 and space.base.head.num_classes == 4
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+
+    estimator = make_estimator("supernet", checkpoint=str(trained_supernet), batches="2", val_samples="8", device="cpu", seed="0")
+    assert isinstance(estimator, SupernetEstimator)
+    largest, smallest = estimator.estimate(space.largest()), estimator.estimate(space.smallest())
+    # Better than predicting the majority class everywhere (~0.17 mIoU): the shared weights learned.
+    assert largest > 0.25 and smallest > 0.25, (largest, smallest)
+    assert estimator.estimate(space.largest()) == largest  # deterministic
+    # Estimation works on copies: the supernet's weights and BN statistics are untouched.
+    assert all(torch.equal(before[k], v) for k, v in estimator.supernet.state_dict().items())
+    # A config from the search (other head classes / input size) maps onto the supernet by its knobs.
+    assert estimator.estimate(space.largest().replace(input_size=(64, 64))) == largest
+
+    outside = space.largest().replace(depths=((1,), (3, 2)))
+    with pytest.raises(ConfigError, match="depth_m1_b0"):
+        estimator.estimate(outside)
+    with pytest.raises(UserError, match="not in the supernet's space"):
+        estimator.estimate(tiny_config(channels=(16, 48), mlp_ratios=(2, 2)))
+
+
+def test_rank_check_reports_correlations_against_standalone_training(trained_supernet):
+    result = rank_check(trained_supernet, None, members=3, train_iterations=2, device="cpu", batches=1, val_samples=4,
+                        log=lambda _: None)
+    scores = result.scores
+    assert list(scores["member"][:2]) == ["largest", "smallest"] and scores["config_hash"].is_unique
+    assert {"supernet", "zero-cost", "standalone"} <= set(scores.columns)
+    row = result.correlations.set_index("estimator").loc["supernet"]
+    expected = kendalltau(scores["supernet"], scores["standalone"])[0]
+    assert (math.isnan(expected) and math.isnan(row["kendall_tau"])) or row["kendall_tau"] == pytest.approx(expected)
+    assert "kendall_tau" in result.to_text()
+
+
+def test_short_train_prunes_only_single_objective_studies():
+    estimator = ShortTrainEstimator(data="synthetic:num_samples=16,val_samples=8,size=32,num_classes=4",
+                                    iterations="4", eval_points="2", batch_size="4", device="cpu")
+    config = tiny_config()
+
+    class PruneAlways(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    single = optuna.create_study(direction="maximize", pruner=PruneAlways())
+    trial = single.ask()
+    with pytest.raises(optuna.TrialPruned, match="after 2 iterations"):
+        estimator.estimate(config, trial)
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values.keys() == {2}
+
+    multi = optuna.create_study(directions=["maximize", "minimize"], pruner=PruneAlways())
+    trial = multi.ask()
+    score = estimator.estimate(config, trial)
+    assert 0 <= score <= 1 and score == estimator.estimate(config)  # same training, same score
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {}
+
+
+def test_estimator_options_are_validated():
+    with pytest.raises(UserError, match="checkpoint=PATH"):
+        SupernetEstimator()
+    with pytest.raises(UserError, match="iterations='many'"):
+        ShortTrainEstimator(data="synthetic", iterations="many")
+    with pytest.raises(UserError, match="data= is required"):
+        ShortTrainEstimator()
+    with pytest.raises(UserError, match="not found"):
+        SupernetEstimator(checkpoint="/no/such/supernet.pt")
+
+
+def test_cli_train_supernet_and_rank_check(tmp_path, capsys, trained_supernet):
+    (tmp_path / "space.yaml").write_text(SearchSpace.from_dict(TINY_SPACE).to_yaml())
+    data = "synthetic:num_samples=8,val_samples=4,size=32,num_classes=4"
+    code = run_cli(["train-supernet", "--space", str(tmp_path / "space.yaml"), "--data", data, "--iterations", "1",
+                    "--out", str(tmp_path / "sn"), "--device", "cpu", "--init", str(trained_supernet)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (tmp_path / "sn" / "supernet.pt").is_file() and "supernet written" in out
+    assert "initialised" in out and "kept fresh" not in out  # every tensor came from the other supernet
+
+    assert run_cli(["train-supernet", "--space", str(tmp_path / "nope.yaml"), "--data", data, "--out", str(tmp_path / "x")]) == 2
+    assert "search space file" in capsys.readouterr().err
+    assert run_cli(["rank-check", "--supernet", str(tmp_path / "missing.pt"), "--members", "3"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert run_cli(["rank-check", "--supernet", str(trained_supernet), "--members", "2"]) == 2
+    assert "at least 3 members" in capsys.readouterr().err
+    assert run_cli(["rank-check", "--supernet", str(trained_supernet), "--estimators", "oracle"]) == 2
+    assert "unknown estimator 'oracle'" in capsys.readouterr().err
