@@ -4,7 +4,8 @@ A reduced space (512 members, 64x64 input, 3 branches) is enumerated once with a
 parameters and FLOPs (the profiler's counts) and the zero-cost (NASWOT) score; the table is cached in a
 JSON file. Each sampler then searches the table through the same parameter encoding and sampler
 settings as ``hrvit-nas search`` (objectives: accuracy = zero-cost score, params, FLOPs), and we print the
-hypervolume after 25/50/100 trials as a fraction of the exhaustive front's hypervolume: median (min)
+hypervolume after 25/50/100 trials (COMPLETE trials, i.e. distinct architectures evaluated: a
+duplicate proposal is pruned by the search's ``DuplicateGuard`` and costs no evaluation) as a fraction of the exhaustive front's hypervolume: median (min)
 over seeds, at one fixed reference point (10% beyond the exhaustive nadir), with Optuna's hypervolume.
 
     python benchmarks/search_quality.py [--seeds 5] [--trials 100] [--table /tmp/hrvit-search-quality.json]
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hrvit_space import SearchSpace  # noqa: E402
 from search.objectives import OBJECTIVES  # noqa: E402
 from search.progress import hypervolume_history  # noqa: E402
-from search.study import make_sampler, suggest_config  # noqa: E402
+from search.study import DuplicateGuard, make_sampler, suggest_config  # noqa: E402
 
 OBJECTIVE_NAMES = ("accuracy", "params", "flops")
 CHECKPOINTS = (25, 50, 100)
@@ -104,12 +105,16 @@ def reference_point(table: dict[str, list[float]]) -> list[float]:
 
 
 def search_history(table, space: SearchSpace, sampler: str, seed: int, trials: int, reference) -> list[float]:
+    duplicates = DuplicateGuard()
+
     def objective(trial: optuna.Trial) -> list[float]:
         config = suggest_config(trial, space)
-        return table[knob_key(space.encode(config))]
+        earlier = duplicates.check(trial, config.content_hash())
+        return list(earlier.values) if earlier else table[knob_key(space.encode(config))]
 
     study = optuna.create_study(directions=directions(), sampler=make_sampler(sampler, seed))
-    study.optimize(objective, n_trials=trials)
+    complete = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,))
+    study.optimize(objective, callbacks=[complete])
     return [hv for _, hv in hypervolume_history(study, reference)]
 
 

@@ -26,7 +26,9 @@ def _status_kib(field: str) -> int | None:
 def peak_memory_bytes(run: Callable[[], object], device: torch.device) -> int | None:
     """CUDA: ``max_memory_allocated`` during ``run``. CPU: peak RSS above the RSS before it.
 
-    The CPU figure needs Linux (``/proc/self/clear_refs`` resets the peak); elsewhere it is None.
+    The CPU figure needs Linux (``/proc/self/clear_refs`` resets the peak); elsewhere it is None. It is a
+    lower bound in a long-lived process, where freed pages still resident can serve the call without
+    growing RSS; ``profile(isolate=True)`` measures in a fresh process.
     """
     if device.type == "cuda":
         synchronize(device)

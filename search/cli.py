@@ -98,7 +98,10 @@ def handle_search(args: argparse.Namespace) -> int:
         workers=args.workers, run_dir=args.run_dir, progress=not args.no_progress,
     )
     front = pareto_trials(study)
-    print(f"study {study.study_name!r}: {len(study.trials)} trials, {len(front)} on the feasible Pareto front")
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # pruned duplicates are not trials run
+    print(f"study {study.study_name!r}: {len(complete)} trials, {len(front)} on the feasible Pareto front")
     for trial in sorted(front, key=lambda t: t.values):
         values = ", ".join(f"{name}={value:.4g}" for name, value in zip(settings.objectives, trial.values))
         print(f"  trial {trial.number:4d}  {values}  config {trial.user_attrs.get('config_hash')}")

@@ -4,9 +4,11 @@ at the hardware boundary (a fake pynvml module, a fake powercap sysfs tree), fin
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,16 +212,21 @@ def test_measure_runs_interleaves_and_ranks_candidates():
 
 
 def test_cpu_peak_memory_sees_a_transient_allocation():
-    from profiling.memory import peak_memory_bytes
-
-    def run():
-        block = torch.ones(16 * 2**20)  # 64 MiB, freed before returning
-        return float(block[0])
-
-    peak = peak_memory_bytes(run, torch.device("cpu"))
-    if peak is None:
+    # A fresh process: in a long-lived one, pages freed earlier and still resident can serve the
+    # allocation without growing RSS (the documented limit of the CPU figure).
+    code = (
+        "import torch\n"
+        "from profiling.memory import peak_memory_bytes\n"
+        "def run():\n"
+        "    block = torch.ones(16 * 2**20)  # 64 MiB, freed before returning\n"
+        "    return float(block[0])\n"
+        "print(peak_memory_bytes(run, torch.device('cpu')))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout.split()[-1]
+    if out == "None":
         pytest.skip("/proc/self/clear_refs is not writable here")
-    assert 60 * 2**20 <= peak <= 200 * 2**20
+    assert 60 * 2**20 <= int(out) <= 200 * 2**20
 
 
 # ------------------------------------------------------------------------------------------ energy

@@ -218,6 +218,33 @@ def test_failed_trials_are_recorded_with_the_reason_and_the_study_continues(tmp_
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
 
 
+def test_a_config_already_evaluated_is_pruned_not_evaluated_again(tmp_path):
+    """--trials counts distinct architectures; once the space is exhausted, duplicates copy earlier results."""
+    from search.study import DuplicateGuard, TrialEvaluator, load_or_create_study, run_worker
+
+    four_members = {**TINY_SPACE, "depths": [[[1, 2]], [[1], [1, 2]]], "windows": [[1], [1]], "mlp_ratios": [[4], [4]]}
+    settings = tiny_settings(space=SearchSpace.from_dict(four_members), budgets={"max_params_m": MID_PARAMS_BUDGET_M}, sampler="random")
+    assert settings.space.size() == 4
+    load_or_create_study(settings, "dup", sqlite_url(tmp_path))
+    evaluator = TrialEvaluator(settings)
+    evaluator.duplicates = DuplicateGuard(limit=3)
+    study = run_worker(settings, "dup", sqlite_url(tmp_path), 6, seed=0, evaluator=evaluator)
+
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6
+    evaluated = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    assert len({t.user_attrs["config_hash"] for t in evaluated}) == len(evaluated) == 4
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) >= 2 * 3, "each copied duplicate follows `limit` pruned ones"
+    for trial in pruned + [t for t in complete if "duplicate_of" in t.user_attrs]:
+        earlier = study.trials[trial.user_attrs["duplicate_of"]]
+        assert earlier.state == TrialState.COMPLETE and "duplicate_of" not in earlier.user_attrs
+        assert earlier.user_attrs["config_hash"] == trial.user_attrs["config_hash"] and earlier.params == trial.params
+        assert trial.constraints == earlier.constraints
+        if trial.state == TrialState.COMPLETE:
+            assert trial.values == earlier.values and trial.user_attrs["measurements"] == earlier.user_attrs["measurements"]
+
+
 # ---------------------------------------------------------------------------------- estimators
 def test_make_estimator_rejects_unknown_names_and_options():
     from search import make_estimator
