@@ -31,26 +31,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run_cli(argv: list[str]) -> int:
-    """``hrvit_nas.cli.main``; until every package has its cli.py, the same handling on our commands only."""
-    from hrvit_nas import cli
+    from hrvit_nas.cli import main
 
-    try:
-        cli.build_parser()
-    except ImportError:
-        import argparse
-        import sys
-
-        from training.cli import register
-
-        parser = argparse.ArgumentParser(prog="hrvit-nas")
-        register(parser.add_subparsers(required=True))
-        args = parser.parse_args(argv)
-        try:
-            return int(args.func(args) or 0)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return error.exit_code
-    return cli.main(argv)
+    return main(argv)
 
 
 SPEC = DatasetSpec.parse("synthetic:num_samples=64,val_samples=32,size=32,num_classes=4,seed=0")
