@@ -124,11 +124,11 @@ class TrainRecipe:
 
     @classmethod
     def for_spec(cls, spec, **overrides: Any) -> "TrainRecipe":
-        """``for_dataset(spec.kind)`` reading ``spec`` (a ``training.data.DatasetSpec``); synthetic data
-        is trained at its own image size."""
+        """``for_dataset(spec.kind)`` reading ``spec`` (a ``training.data.DatasetSpec``); generated data
+        (synthetic, mni152) is trained at its own image size."""
         values: dict[str, Any] = {"dataset": spec.to_dict()}
-        if spec.kind == "synthetic" and "size" in spec.options:
-            values["crop_size"] = spec.options["size"]
+        if spec.image_size is not None:
+            values["crop_size"] = spec.image_size
         return cls.for_dataset(spec.kind, **{**values, **overrides})
 
     # ------------------------------------------------------------------------------- serialisation
@@ -195,3 +195,5 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                   "drop_path_rate": 0.0, "eval_interval": 100, "eval_mode": "whole", "checkpoint_interval": 100,
                   "num_workers": 0},
 }
+# The brain slices: a small real task trained from scratch like the synthetic one (in-memory, CPU-sized).
+DATASET_DEFAULTS["mni152"] = {**DATASET_DEFAULTS["synthetic"], "iterations": 600, "eval_interval": 200, "checkpoint_interval": 200}

@@ -450,8 +450,8 @@ def build_val_set(spec) -> Dataset:
 
 
 def eval_batch_size(spec) -> int:
-    """Synthetic images share one size, so they batch; real datasets vary per image."""
-    return 8 if spec.kind == "synthetic" else 1
+    """Generated images (synthetic, mni152) share one size, so they batch; real datasets vary per image."""
+    return 8 if spec.image_size is not None else 1
 
 
 def make_evaluator(val_set: Dataset, spec, recipe: TrainRecipe, device: torch.device) -> EvalFn:

@@ -1,4 +1,4 @@
-"""Segmentation data: dataset readers, the synthetic dataset, and image+mask augmentation."""
+"""Segmentation data: dataset readers, the MNI152 brain slices, the synthetic dataset, and image+mask augmentation."""
 
 from training.data.datasets import (
     ADE20K_CLASSES,
@@ -8,6 +8,7 @@ from training.data.datasets import (
     PairedSegmentation,
     build_dataset,
 )
+from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -16,6 +17,7 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MNI152Slices",
     "DatasetError",
     "DatasetSpec",
     "PairedSegmentation",

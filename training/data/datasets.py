@@ -1,4 +1,4 @@
-"""Dataset readers (ADE20K, Cityscapes, a generic folder layout, synthetic) and ``DatasetSpec``.
+"""Dataset readers (ADE20K, Cityscapes, a generic folder layout, MNI152 brain slices, synthetic) and ``DatasetSpec``.
 
 Every reader yields ``(image float[3, H, W] normalised, mask int64[H, W])`` with ``ignore_index`` on
 unlabelled pixels. Layouts are checked when the dataset is built, so a wrong root fails at once with
@@ -27,19 +27,23 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from hrvit_nas.errors import UserError
+from training.data import mni152
 from training.data.synthetic import SyntheticSegmentation
 from training.data.transforms import eval_transform
 
-KINDS = ("ade20k", "cityscapes", "folder", "synthetic")
+KINDS = ("ade20k", "cityscapes", "folder", "mni152", "synthetic")
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FILE_IGNORE = 255  # the ignore value stored in every supported mask format
 # val_samples defaults to a quarter of num_samples (at least 1).
 SYNTHETIC_OPTIONS = {"num_samples": 256, "val_samples": None, "size": 64, "seed": 0, "num_classes": 4}
+# Kinds generated in-process (no root directory): their integer options and defaults.
+KIND_OPTIONS = {"synthetic": SYNTHETIC_OPTIONS, "mni152": mni152.OPTIONS}
 FOLDER_LAYOUT = "folder layout: classes.txt, images/{train,val}/*.png|jpg, masks/{train,val}/*.png (same stem)"
 SPEC_FORMS = (
     "synthetic",
     "synthetic:num_samples=256,val_samples=64,size=64,seed=0,num_classes=4",
+    "mni152:size=64,slab=8 (brain slices shipped in the nilearn wheel)",
     "ade20k:/path/to/ADEChallengeData2016",
     "cityscapes:/path/to/cityscapes",
     "folder:/path/to/dataset (classes.txt, images/{train,val}, masks/{train,val})",
@@ -72,6 +76,10 @@ class DatasetError(UserError, ValueError):
     """A dataset spec that cannot be parsed, or a dataset directory that is missing or malformed."""
 
 
+def _example(kind: str) -> str:
+    return f"{kind}:" + ",".join(f"{key}={value}" for key, value in KIND_OPTIONS[kind].items() if value is not None)
+
+
 def _read_class_list(root: Path) -> list[str]:
     if not root.is_dir():
         raise DatasetError(f"folder dataset root {root} does not exist; expected {FOLDER_LAYOUT}")
@@ -90,7 +98,8 @@ def _read_class_list(root: Path) -> list[str]:
 class DatasetSpec:
     """Which dataset to read: ``kind``, ``root`` and the derived ``num_classes``.
 
-    ``options`` only applies to ``synthetic`` (num_samples, val_samples, size, seed, num_classes).
+    ``options`` only applies to the kinds without a root: ``synthetic`` (num_samples, val_samples, size,
+    seed, num_classes) and ``mni152`` (size, slab).
     """
 
     kind: str
@@ -102,15 +111,16 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise DatasetError(f"unknown dataset kind {self.kind!r}; use one of: {', '.join(KINDS)}")
-        if self.kind == "synthetic":
-            unknown = sorted(set(self.options) - set(SYNTHETIC_OPTIONS))
+        if self.kind in KIND_OPTIONS:
+            allowed = KIND_OPTIONS[self.kind]
+            unknown = sorted(set(self.options) - set(allowed))
             if unknown:
-                raise DatasetError(f"unknown synthetic option(s) {', '.join(unknown)}; allowed: {', '.join(SYNTHETIC_OPTIONS)}")
-            bad = [k for k, v in self.options.items() if not isinstance(v, int) or isinstance(v, bool)]
+                raise DatasetError(f"unknown {self.kind} option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+            bad = [k for k, v in self.options.items() if not isinstance(v, int) or isinstance(v, bool) or v < (k != "seed")]
             if bad:
-                raise DatasetError(f"synthetic option(s) {', '.join(bad)} must be integers, e.g. {SPEC_FORMS[1]}")
+                raise DatasetError(f"{self.kind} option(s) {', '.join(bad)} must be positive integers, e.g. {_example(self.kind)}")
             if self.root is not None:
-                raise DatasetError("the synthetic dataset has no root directory; drop the path")
+                raise DatasetError(f"the {self.kind} dataset has no root directory; drop the path")
         else:
             if not self.root:
                 raise DatasetError(f"dataset {self.kind} needs a root directory, e.g. {self.kind}:/path")
@@ -121,7 +131,7 @@ class DatasetSpec:
         derived = self._derive_num_classes() if self.num_classes is None else self.num_classes
         if not isinstance(derived, int) or isinstance(derived, bool) or derived < 1:
             raise DatasetError(f"num_classes={derived!r}; use a positive integer or leave it out to derive it")
-        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES)}.get(self.kind)
+        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES), "mni152": len(mni152.CLASS_NAMES)}.get(self.kind)
         if self.kind == "synthetic":
             fixed = self.options.get("num_classes")
         if fixed is not None and derived != fixed:
@@ -138,15 +148,17 @@ class DatasetSpec:
             return len(CITYSCAPES_CLASSES)
         if self.kind == "folder":  # a stored spec carries num_classes, so only new specs need the data here
             return len(_read_class_list(Path(self.root)))
+        if self.kind == "mni152":
+            return len(mni152.CLASS_NAMES)
         return self.options.get("num_classes", SYNTHETIC_OPTIONS["num_classes"])
 
     @classmethod
     def parse(cls, text: str) -> DatasetSpec:
-        """``kind`` or ``kind:/root`` or ``synthetic:key=value,...`` (see ``SPEC_FORMS``)."""
+        """``kind`` or ``kind:/root`` or ``synthetic:key=value,...`` / ``mni152:key=value`` (see ``SPEC_FORMS``)."""
         kind, _, rest = text.strip().partition(":")
         if kind not in KINDS:
             raise DatasetError(f"cannot read dataset {text!r}; use one of: " + " | ".join(SPEC_FORMS))
-        if kind != "synthetic":
+        if kind not in KIND_OPTIONS:
             return cls(kind=kind, root=rest or None)
         options: dict[str, Any] = {}
         for item in filter(None, rest.split(",")):
@@ -156,8 +168,8 @@ class DatasetSpec:
             except ValueError:
                 eq = ""
             if not eq:
-                raise DatasetError(f"cannot read synthetic option {item!r}; write key=integer, e.g. {SPEC_FORMS[1]}")
-        return cls(kind="synthetic", options=options)
+                raise DatasetError(f"cannot read {kind} option {item!r}; write key=integer, e.g. {_example(kind)}")
+        return cls(kind=kind, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,10 +185,16 @@ class DatasetSpec:
             )
         return cls(**data)
 
-    def synthetic_option(self, name: str) -> int:
-        if name == "val_samples" and name not in self.options:
-            return max(1, self.synthetic_option("num_samples") // 4)
-        return self.options.get(name, SYNTHETIC_OPTIONS[name])
+    def option(self, name: str) -> int:
+        """An option of a rootless kind, or its default."""
+        if self.kind == "synthetic" and name == "val_samples" and name not in self.options:
+            return max(1, self.option("num_samples") // 4)
+        return self.options.get(name, KIND_OPTIONS[self.kind][name])
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) shared by every image of a generated kind (they batch); None where sizes vary."""
+        return (self.option("size"),) * 2 if self.kind in KIND_OPTIONS else None
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -324,13 +342,15 @@ def build_dataset(spec: DatasetSpec, split: str, transform: Callable | None = No
         raise DatasetError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     if spec.kind == "synthetic":
         return SyntheticSegmentation(
-            num_samples=spec.synthetic_option("num_samples" if split == "train" else "val_samples"),
-            size=spec.synthetic_option("size"),
+            num_samples=spec.option("num_samples" if split == "train" else "val_samples"),
+            size=spec.option("size"),
             num_classes=spec.num_classes,
-            seed=spec.synthetic_option("seed"),
+            seed=spec.option("seed"),
             split=split,
             transform=transform,
         )
+    if spec.kind == "mni152":
+        return mni152.MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform)
     reader = {"ade20k": ade20k, "cityscapes": cityscapes, "folder": folder}[spec.kind]
     dataset = reader(spec.root, split, spec.ignore_index, transform)
     if dataset.num_classes != spec.num_classes:
