@@ -1,6 +1,7 @@
 """Profiler: parameters, FLOPs, latency, energy and memory of any HRViT config, with device fingerprint,
 result cache and a calibrated latency predictor."""
 
+from profiling.analytic import AnalyticCounts, analytic_counts
 from profiling.cache import CacheCorruptError, ProfileCache, default_cache_path
 from profiling.counting import FlopReport, count_flops, count_params
 from profiling.energy import (
@@ -16,7 +17,7 @@ from profiling.profiler import profile
 from profiling.result import EnergyResult, LatencyStats, ProfileResult
 
 __all__ = [
-    "CacheCorruptError", "EnergyMonitor", "EnergyResult", "EnergyUnavailable", "FlopReport", "LatencyPredictor",
+    "AnalyticCounts", "analytic_counts", "CacheCorruptError", "EnergyMonitor", "EnergyResult", "EnergyUnavailable", "FlopReport", "LatencyPredictor",
     "LatencyStats", "PredictorAccuracy", "PredictorMismatch", "ProfileCache", "ProfileResult", "count_flops",
     "count_params", "default_cache_path", "device_fingerprint", "fingerprint_id", "latency_stats", "measure_energy",
     "measure_latency", "measure_runs", "open_backend", "profile",

@@ -1,0 +1,164 @@
+"""Exact parameter and MAC counts of an HRViT config from its fields alone: no model, no forward pass.
+
+A search screens thousands of candidates per measured trial, so the counts must cost microseconds,
+not the ~1 s of building a model and tracing it with fvcore. The formulas mirror ``hrvit_space``'s
+layers one by one and follow ``profiling.counting``'s convention (MACs of convolutions, linear layers,
+matmuls and attention; FLOPs = 2 x MACs; the same component/branch breakdown); a test checks them
+equal to the traced counts, so a change to a layer that is not mirrored here fails CI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from hrvit_space.config import ArchConfig, branch_feature_size
+
+STEM_WIDTH = 64  # hrvit_space.model.STEM_WIDTH (not imported: that module imports torch)
+SHARED = "shared"  # profiling.counting.SHARED_BRANCH
+
+
+@dataclass(frozen=True)
+class AnalyticCounts:
+    """The counts ``profile()`` traces, for one forward pass of ``batch`` images."""
+
+    params: int
+    params_by_component: dict[str, int]
+    params_by_branch: dict[str, int]
+    macs: int
+    macs_by_component: dict[str, int]
+    macs_by_branch: dict[str, int]
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.params = {"component": Counter(), "branch": Counter()}
+        self.macs = {"component": Counter(), "branch": Counter()}
+
+    def add(self, component: str, branch: int | None, params: int = 0, macs: int = 0) -> None:
+        key = SHARED if branch is None else str(branch)
+        for kind, value in ((self.params, params), (self.macs, macs)):
+            if value:
+                kind["component"][component] += value
+                kind["branch"][key] += value
+
+
+def _conv(c_in: int, c_out: int, kernel: int, out_pixels: int, groups: int = 1, bias: bool = True) -> tuple[int, int]:
+    weights = c_out * (c_in // groups) * kernel * kernel
+    return weights + (c_out if bias else 0), weights * out_pixels
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, out_pixels: int, groups: int = 1, bias: bool = True) -> tuple[int, int]:
+    params, macs = _conv(c_in, c_out, kernel, out_pixels, groups, bias)
+    return params + 2 * c_out, macs
+
+
+def _linear(c_in: int, c_out: int, tokens: int) -> tuple[int, int]:
+    return c_in * c_out + c_out, c_in * c_out * tokens
+
+
+def _strip_attention_macs(height: int, width: int, window: int, channels: int) -> int:
+    """Q.K^T and A.V over strips of ``window`` rows (padded to a multiple, as ``strip_attention`` does)."""
+    strips = math.ceil(height / window)
+    length = window * width
+    return strips * length * length * 2 * channels
+
+
+def _block(t: _Tally, b: int, dim: int, dim_head: int, window: int, hidden: int, size: tuple[int, int]) -> None:
+    h, w = size
+    tokens = h * w
+    half = dim // 2
+    t.add("norm", b, params=4 * dim)  # attn_norm and mlp_norm
+    qv = _linear(dim, 2 * dim, tokens)
+    local = _conv(dim, dim, 3, tokens, groups=dim)
+    proj = _linear(dim, dim, tokens)
+    attention = _strip_attention_macs(h, w, window, half) + _strip_attention_macs(w, h, window, half)
+    t.add("attention", b, params=qv[0] + local[0] + proj[0] + 2 * dim, macs=qv[1] + local[1] + proj[1] + attention)
+    exponent = int(math.log2(dim))
+    p = 2 ** (exponent - exponent // 2)
+    k = dim // p
+    t.add("des", b, params=p * p + p + k * k + k, macs=tokens * dim * (p + k))
+    fc1, fc2 = _linear(dim, hidden, tokens), _linear(hidden, dim, tokens)
+    mid = hidden // 2
+    convs = mid * 9 + mid + mid * 25 + mid  # 3x3 and 5x5 depthwise halves
+    t.add("mixcfn", b, params=fc1[0] + fc2[0] + convs, macs=fc1[1] + fc2[1] + tokens * hidden * 25)  # run as one 5x5 conv
+
+
+def _fusion(t: _Tally, config: ArchConfig, c_in: tuple[int, ...], c_out: tuple[int, ...]) -> None:
+    for i, out in enumerate(c_out):
+        target = config.feature_size(i)
+        for j, source_channels in enumerate(c_in):
+            if j < i:
+                factor = 2 ** (i - j)
+                pixels = target[0] * target[1]
+                dw = _conv_bn(source_channels, source_channels, factor + 1, pixels, groups=source_channels, bias=False)
+                pw = _conv_bn(source_channels, out, 1, pixels)
+                t.add("fusion", i, params=dw[0] + pw[0], macs=dw[1] + pw[1])
+            elif j > i:
+                source = config.feature_size(j)
+                params, macs = _conv_bn(source_channels, out, 1, source[0] * source[1])
+                t.add("fusion", i, params=params, macs=macs)
+
+
+def _head(t: _Tally, config: ArchConfig) -> None:
+    head = config.head
+    sizes = [config.feature_size(b) for b in range(config.num_branches)]
+    pixels = [h * w for h, w in sizes]
+    if head.kind == "segformer":
+        for c, n in zip(config.channels, pixels):
+            t.add("head", None, *_conv(c, head.width, 1, n))
+        t.add("head", None, *_conv_bn(head.width * config.num_branches, head.width, 1, pixels[0], bias=False))
+        t.add("head", None, *_conv(head.width, head.num_classes, 1, pixels[0]))
+    elif head.kind == "classification":
+        planes = [32 * 2**b for b in range(config.num_branches)]
+        widths = [4 * p for p in planes]
+        for c, p, n in zip(config.channels, planes, pixels):
+            for layer in (_conv_bn(c, p, 1, n, bias=False), _conv_bn(p, p, 3, n, bias=False), _conv_bn(p, 4 * p, 1, n, bias=False)):
+                t.add("head", None, *layer)
+            if c != 4 * p:
+                t.add("head", None, *_conv_bn(c, 4 * p, 1, n, bias=False))
+        for b in range(config.num_branches - 1):
+            t.add("head", None, *_conv_bn(widths[b], widths[b + 1], 3, pixels[b + 1]))
+        t.add("head", None, *_conv_bn(widths[-1], 2048, 1, pixels[-1]))
+        t.add("head", None, *_linear(2048, head.num_classes, 1))
+
+
+def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = None, batch: int = 1) -> AnalyticCounts:
+    """Parameters and MACs of ``config`` at ``input_size`` (default: the config's), equal to ``profile()``'s."""
+    if input_size is not None and tuple(input_size) != config.input_size:
+        config = config.replace(input_size=tuple(input_size))
+    t = _Tally()
+    half_size = tuple(math.ceil(s / 2) for s in config.input_size)
+    stem1 = _conv_bn(config.in_chans, STEM_WIDTH // 2, 3, half_size[0] * half_size[1])
+    h0, w0 = branch_feature_size(config.input_size, 0)
+    stem2 = _conv_bn(STEM_WIDTH // 2, STEM_WIDTH, 3, h0 * w0)
+    t.add("stem", None, params=stem1[0] + stem2[0], macs=stem1[1] + stem2[1])
+    in_channels: tuple[int, ...] = (STEM_WIDTH,)
+    for m, depths in enumerate(config.depths):
+        fused = in_channels + tuple(config.channels[len(in_channels):len(depths)])
+        _fusion(t, config, in_channels, fused)
+        for b, depth in enumerate(depths):
+            dim, size = config.channels[b], config.feature_size(b)
+            pixels = size[0] * size[1]
+            pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
+            t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
+            hidden = round(config.mlp_ratios[b] * dim)
+            for _ in range(depth):
+                _block(t, b, dim, config.dim_head, config.window_sizes[b], hidden, size)
+            t.add("norm", b, params=2 * dim)
+        in_channels = config.channels[: len(depths)]
+    _head(t, config)
+    scale = {kind: Counter({k: v * batch for k, v in counts.items()}) for kind, counts in t.macs.items()}
+    return AnalyticCounts(
+        params=sum(t.params["component"].values()),
+        params_by_component=dict(t.params["component"]),
+        params_by_branch=dict(t.params["branch"]),
+        macs=sum(scale["component"].values()),
+        macs_by_component=dict(scale["component"]),
+        macs_by_branch=dict(scale["branch"]),
+    )
