@@ -11,17 +11,16 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
-
 from hrvit_nas.errors import UserError
 from hrvit_space.config import ArchConfig
 from search.estimators import AccuracyEstimator
 from training.distributed import DistContext, resolve_device
+from training.evaluation import evaluate_member, space_member, val_loader
 from training.recipe import TrainRecipe
-from training.trainer import (
-    SeededSamples, StreamSampler, eval_batch_size, fit_config_to_data, isolated_rng, run_training, segmentation_loss,
-)
+from training.supernet_train import load_supernet
+from training.trainer import build_train_set, build_val_set, fit_config_to_data, isolated_rng, run_training, segmentation_loss
+
+MIOU_UNIT = "0-1"  # mIoU as returned by training.metrics: a fraction, not a percentage
 
 
 def _int_option(value: Any, name: str, minimum: int = 1) -> int:
@@ -44,39 +43,6 @@ def _parse_spec(data: Any):
     return DatasetSpec.parse(data)
 
 
-def val_loader(val_set: Dataset, spec, val_samples: int | None = None) -> DataLoader:
-    if val_samples is not None and val_samples < len(val_set):
-        val_set = Subset(val_set, range(val_samples))
-    return DataLoader(val_set, batch_size=eval_batch_size(spec), shuffle=False, generator=torch.Generator().manual_seed(0))
-
-
-def calibration_batches(train_set: Dataset, batches: int, batch_size: int, seed: int):
-    """The same ``batches`` augmented training batches for every member (fair comparisons)."""
-    loader = DataLoader(SeededSamples(train_set), batch_size=batch_size, sampler=StreamSampler(len(train_set), seed),
-                        generator=torch.Generator().manual_seed(seed))
-    stream = iter(loader)
-    return [next(stream)[0] for _ in range(batches)]
-
-
-def evaluate_member(supernet, config: ArchConfig, train_set: Dataset, val_set: Dataset, spec, recipe: TrainRecipe,
-                    device: torch.device, batches: int = 20, val_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Inherit ``config``'s weights from the supernet, recalibrate BN on ``batches`` batches, evaluate.
-
-    Works on an extracted copy, so the supernet's own BN statistics stay untouched.
-    """
-    from hrvit_space.batchnorm import recalibrate_bn
-    from training.inference import evaluate
-
-    with isolated_rng(seed):
-        model = supernet.extract(config).to(device)
-        per_batch = min(recipe.batch_size, len(train_set))
-        recalibrate_bn(model, [images.to(device) for images in calibration_batches(train_set, batches, per_batch, seed)])
-        model.eval()
-        with torch.no_grad():
-            return evaluate(model, val_loader(val_set, spec, val_samples), spec.num_classes, mode=recipe.eval_mode,
-                            crop=recipe.crop_size, stride=recipe.sliding_stride(), device=device, ignore_index=spec.ignore_index)
-
-
 class SupernetEstimator(AccuracyEstimator):
     """Validation mIoU of the member with weights inherited from a trained supernet (BN recalibrated).
 
@@ -86,12 +52,11 @@ class SupernetEstimator(AccuracyEstimator):
     """
 
     name = "supernet"
+    metric_name = "mIoU, supernet-inherited"
+    unit = MIOU_UNIT
 
     def __init__(self, checkpoint: str | None = None, data: str | None = None, batches: Any = 20, val_samples: Any = None,
                  input_size: Any = None, device: str | None = "auto", seed: Any = 0) -> None:
-        from training.supernet_train import load_supernet
-        from training.trainer import build_train_set, build_val_set
-
         if not checkpoint:
             raise UserError("supernet estimator needs checkpoint=PATH (the supernet.pt written by `hrvit-nas train-supernet`)")
         self.device = resolve_device(device or "auto")
@@ -103,20 +68,8 @@ class SupernetEstimator(AccuracyEstimator):
         self.seed = _int_option(seed if seed is not None else 0, "seed", minimum=0)
         self.train_set, self.val_set = build_train_set(self.spec, self.recipe), build_val_set(self.spec)
 
-    def member(self, config: ArchConfig) -> ArchConfig:
-        """``config``'s searchable knobs on the supernet's base (head classes, input size may differ)."""
-        base = self.space.base
-        if (config.channels, config.dim_head, config.module_branches) != (base.channels, base.dim_head, base.module_branches):
-            raise UserError(
-                f"config (channels {list(config.channels)}, dim_head {config.dim_head}) is not in the supernet's space "
-                f"(channels {list(base.channels)}, dim_head {base.dim_head}); search the space the supernet was trained on"
-            )
-        member = base.replace(depths=config.depths, window_sizes=config.window_sizes, mlp_ratios=config.mlp_ratios)
-        self.space.encode(member)  # a knob value outside the space raises ConfigError naming it
-        return member
-
     def estimate(self, config: ArchConfig, trial=None) -> float:
-        metrics = evaluate_member(self.supernet, self.member(config), self.train_set, self.val_set, self.spec, self.recipe,
+        metrics = evaluate_member(self.supernet, space_member(self.space, config), self.train_set, self.val_set, self.spec, self.recipe,
                                   self.device, self.batches, self.val_samples, self.seed)
         return float(metrics["miou"])
 
@@ -130,12 +83,12 @@ class ShortTrainEstimator(AccuracyEstimator):
     """
 
     name = "short-train"
+    metric_name = "mIoU, short-trained"
+    unit = MIOU_UNIT
 
     def __init__(self, data: str | None = None, iterations: Any = 200, batch_size: Any = None, lr: Any = None,
                  eval_points: Any = 4, val_samples: Any = None, input_size: Any = None, device: str | None = "auto",
                  seed: Any = 0) -> None:
-        from training.trainer import build_train_set, build_val_set
-
         self.spec = _parse_spec(data)
         overrides: dict[str, Any] = {"iterations": _int_option(iterations, "iterations"), "num_workers": 0,
                                      "seed": _int_option(seed if seed is not None else 0, "seed", minimum=0)}

@@ -19,6 +19,7 @@ from hrvit_nas.errors import UserError
 from hrvit_space.space import SearchSpace
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 from training.distributed import init_distributed
+from training.evaluation import evaluate_member
 from training.recipe import TrainRecipe
 from training.trainer import (
     Precision, build_train_set, build_val_set, enable_grad_checkpointing, load_init_weights, run_training, segmentation_loss,
@@ -74,7 +75,6 @@ def train_supernet(
     """
     from hrvit_space.supernet import HRViTSupernet
     from training.data import DatasetSpec
-    from training.estimators import evaluate_member
 
     if distill not in DISTILL_MODES:
         raise UserError(f"distillation mode {distill!r} unknown; allowed: {', '.join(DISTILL_MODES)}")
