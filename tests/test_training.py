@@ -15,7 +15,8 @@ from hrvit_space.model import HRViT
 from training import TrainingDiverged, TrainRecipe, load_bundle, train
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DatasetSpec, build_dataset, train_transform
-from training.trainer import enable_grad_checkpointing, load_init_weights, lr_factor, param_groups, segmentation_loss
+from training.optim import lr_factor, param_groups, segmentation_loss
+from training.trainer import enable_grad_checkpointing, load_init_weights
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from training.recipe import RecipeError, TrainRecipe
 
 _LAZY = {
     "train": "training.trainer",
-    "TrainingDiverged": "training.trainer",
+    "TrainingDiverged": "training.loop",
+    "TrainingInterrupted": "training.loop",
     "train_supernet": "training.supernet_train",
     "load_supernet": "training.supernet_train",
     "SupernetEstimator": "training.estimators",
