@@ -16,9 +16,12 @@ from hrvit_space.config import ArchConfig
 from search.estimators import AccuracyEstimator
 from training.distributed import DistContext, resolve_device
 from training.evaluation import evaluate_member, space_member, val_loader
+from training.loop import run_training
+from training.optim import segmentation_loss
 from training.recipe import TrainRecipe
+from training.stream import isolated_rng
 from training.supernet_train import load_supernet
-from training.trainer import build_train_set, build_val_set, fit_config_to_data, isolated_rng, run_training, segmentation_loss
+from training.trainer import build_train_set, build_val_set, fit_config_to_data
 
 MIOU_UNIT = "0-1"  # mIoU as returned by training.metrics: a fraction, not a percentage
 

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hrvit_nas.errors import UserError
 from hrvit_space.config import ArchConfig
 from training.recipe import TrainRecipe
-from training.trainer import SeededSamples, StreamSampler, eval_batch_size, isolated_rng
+from training.stream import SeededSamples, StreamSampler, isolated_rng
+from training.trainer import eval_batch_size
 
 
 def space_member(space, config: ArchConfig) -> ArchConfig:
