@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--input", default="224x224", help="input size HxW (default 224x224, small enough for a CPU)")
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: the cores this process may use)")
     demo.set_defaults(func=run_demo)
 
 
@@ -38,6 +39,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from search.study import SearchSettings
     from search.workers import run_search
 
+    if args.threads is not None:
+        from profiling.latency import set_default_threads
+
+        set_default_threads(args.threads)
     out: Path = args.out
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     settings = SearchSettings(

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--input", default=None, metavar="HxW", help="input size, e.g. 512x512 (default: the space's)")
     p.add_argument("--batch", type=int, default=1, help="batch size for profiling (default 1)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each when several)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU intra-op threads per worker (default: the cores this process may use, split among --workers)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed+i)")
     p.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe, gp or random")
     p.add_argument("--baselines", action="store_true", help="enqueue the b1/b2/b3 presets (nearest space members) first")
@@ -68,12 +70,16 @@ def parse_options(items: list[str]) -> dict:
 
 
 def handle_search(args: argparse.Namespace) -> int:
-    from hrvit_space import SearchSpace
+    from hrvit_space.cli import load_space
     from search.records import pareto_trials
     from search.study import SearchSettings
     from search.workers import run_search
 
-    space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
+    if args.threads is not None or args.workers > 1:
+        from profiling.latency import default_threads, set_default_threads
+
+        set_default_threads(args.threads if args.threads is not None else max(1, default_threads() // max(1, args.workers)))  # inherited
+    space = load_space(args.space, parse_input_size(args.input) if args.input else None)
     settings = SearchSettings(
         space=space,
         objectives=args.objectives,
