@@ -16,7 +16,8 @@ from search.estimators import make_estimator
 from test_training import SPEC, run_cli, single_thread, tiny_config  # noqa: F401 (fixture)
 from training.estimators import ShortTrainEstimator, SupernetEstimator
 from training.recipe import TrainRecipe
-from training.rank_check import rank_check
+from training.accuracy_predictor import fit_from_supernet
+from training.rank_check import correlations, rank_check, top_overlap
 from training.supernet_train import distillation_loss, load_supernet, sandwich_members, train_supernet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -80,16 +81,50 @@ def test_supernet_trains_and_its_estimator_scores_members(trained_supernet):
         estimator.estimate(tiny_config(channels=(16, 48), mlp_ratios=(2, 2)))
 
 
-def test_rank_check_reports_correlations_against_standalone_training(trained_supernet):
-    result = rank_check(trained_supernet, None, members=3, train_iterations=2, device="cpu", batches=1, val_samples=4,
-                        log=lambda _: None)
+def test_rank_check_reports_correlations_against_standalone_training(trained_supernet, tmp_path):
+    predictor = fit_from_supernet(trained_supernet, 8, batches=1, val_samples=4, device="cpu", log=lambda _: None)
+    assert predictor.target == {"metric_name": "mIoU, supernet-inherited", "unit": "0-1"}
+    assert predictor.metrics["heldout_samples"] == 3 and predictor.metrics["heldout_mae"] < 0.5
+    predictor.save(tmp_path / "predictor.json")
+    result = rank_check(trained_supernet, None, members=4, train_iterations=2, device="cpu", batches=1, val_samples=4,
+                        predictor=tmp_path / "predictor.json", log=lambda _: None)
     scores = result.scores
     assert list(scores["member"][:2]) == ["largest", "smallest"] and scores["config_hash"].is_unique
-    assert {"supernet", "zero-cost", "standalone"} <= set(scores.columns)
-    row = result.correlations.set_index("estimator").loc["supernet"]
+    assert {"supernet", "zero-cost", "predictor", "standalone"} <= set(scores.columns)
+    table = result.correlations.set_index("estimator")
+    row = table.loc["supernet"]
     expected = kendalltau(scores["supernet"], scores["standalone"])[0]
     assert (math.isnan(expected) and math.isnan(row["kendall_tau"])) or row["kendall_tau"] == pytest.approx(expected)
-    assert "kendall_tau" in result.to_text()
+    assert row["measures"] == "mIoU, supernet-inherited" and table.loc["predictor", "measures"] == "mIoU, predicted"
+    assert 0 <= row["top3_overlap"] <= 1
+    text = result.to_text()
+    assert "kendall tau [95% CI]" in text and "top3 overlap" in text and "mIoU, supernet-inherited" in text
+
+
+def test_rank_statistics_intervals_and_top_overlap():
+    import pandas as pd
+
+    reference = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    scores = pd.DataFrame({"standalone": reference, "same": reference, "reversed": reference[::-1],
+                           "noisy": [0.2, 0.1, 0.4, 0.3, 0.6, 0.5, 0.8, 0.7, 1.0, 0.9]})
+    table = correlations(scores, ["same", "reversed", "noisy"], resamples=500).set_index("estimator")
+    assert table.loc["same", "kendall_tau"] == pytest.approx(1.0) and table.loc["same", "kendall_tau_low"] == pytest.approx(1.0)
+    assert table.loc["reversed", "kendall_tau_high"] == pytest.approx(-1.0) and table.loc["reversed", "top3_overlap"] == 0
+    noisy = table.loc["noisy"]
+    assert noisy["kendall_tau_low"] < noisy["kendall_tau"] < noisy["kendall_tau_high"] <= 1
+    assert noisy["spearman_rho_low"] < noisy["spearman_rho"] <= noisy["spearman_rho_high"]
+    assert noisy["top3_overlap"] == pytest.approx(2 / 3)  # best three: 1.0, 0.9, 0.8 vs 0.9, 1.0, 0.7
+    assert top_overlap([3, 2, 1], [1, 2, 3], k=1) == 0 and top_overlap([1, 2, 3], [1, 2, 3], k=2) == 1
+
+
+def test_supernet_training_and_estimators_form_no_import_circle():
+    import ast
+    import inspect
+
+    import training.supernet_train as module
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module))) if isinstance(node, ast.ImportFrom)}
+    assert "training.estimators" not in imported and "training.evaluation" in imported
 
 
 def test_short_train_prunes_only_single_objective_studies():
@@ -143,3 +178,10 @@ def test_cli_train_supernet_and_rank_check(tmp_path, capsys, trained_supernet):
     assert "at least 3 members" in capsys.readouterr().err
     assert run_cli(["rank-check", "--supernet", str(trained_supernet), "--estimators", "oracle"]) == 2
     assert "unknown estimator 'oracle'" in capsys.readouterr().err
+
+    predictor = tmp_path / "predictor.json"
+    code = run_cli(["fit-predictor", "--supernet", str(trained_supernet), "--samples", "8", "--batches", "1",
+                    "--val-samples", "4", "--device", "cpu", "--out", str(predictor)])
+    assert code == 0 and predictor.is_file() and '"heldout_kendall_tau"' in capsys.readouterr().out
+    assert run_cli(["fit-predictor", "--supernet", str(trained_supernet), "--samples", "4", "--out", str(tmp_path / "p2.json")]) == 2
+    assert "at least 8" in capsys.readouterr().err and not (tmp_path / "p2.json").exists()

@@ -1,4 +1,4 @@
-"""``hrvit-nas train``, ``train-supernet`` and ``rank-check``."""
+"""``hrvit-nas train``, ``train-supernet``, ``rank-check`` and ``fit-predictor``."""
 
 from __future__ import annotations
 
@@ -48,7 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rank.add_argument("--out", help="directory for rank_scores.csv and rank_correlations.csv")
     rank.add_argument("--seed", type=int, default=0)
     rank.add_argument("--device", default="auto")
+    rank.add_argument("--predictor", help="also rank an accuracy predictor (JSON from fit-predictor)")
     rank.set_defaults(func=_rank_check)
+
+    fit = subparsers.add_parser("fit-predictor", help="fit an accuracy predictor on supernet-evaluated members",
+                                description="Score members with the supernet, fit a small MLP on their knobs, save it with its held-out tau.")
+    fit.add_argument("--supernet", required=True, help="supernet.pt from train-supernet")
+    fit.add_argument("--out", required=True, help="predictor JSON to write (use with --estimator predictor)")
+    fit.add_argument("--samples", type=int, default=64, help="distinct members scored by the supernet (a quarter held out)")
+    fit.add_argument("--data", help="dataset spec (default: the supernet's training data)")
+    fit.add_argument("--batches", type=int, default=20, help="BN recalibration batches per member")
+    fit.add_argument("--val-samples", type=int, help="cap on validation images per evaluation")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", default="auto")
+    fit.set_defaults(func=_fit_predictor)
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -126,8 +139,22 @@ def _rank_check(args: argparse.Namespace) -> int:
     if not estimators:
         raise UserError("--estimators is empty; pass e.g. --estimators supernet,zero-cost")
     result = rank_check(args.supernet, args.data, args.members, args.train_iterations, estimators=estimators,
-                        device=args.device, seed=args.seed, batches=args.batches, val_samples=args.val_samples)
+                        device=args.device, seed=args.seed, batches=args.batches, val_samples=args.val_samples,
+                        predictor=args.predictor)
     print(result.to_text())
     if args.out:
         result.save(args.out)
+    return 0
+
+
+def _fit_predictor(args: argparse.Namespace) -> int:
+    from training.accuracy_predictor import fit_from_supernet
+
+    _positive(args.samples, "--samples")
+    _positive(args.batches, "--batches")
+    _positive(args.val_samples, "--val-samples")
+    predictor = fit_from_supernet(args.supernet, args.samples, data=args.data, batches=args.batches,
+                                  val_samples=args.val_samples, device=args.device, seed=args.seed)
+    predictor.save(args.out)
+    print(json.dumps({"out": args.out, **predictor.metrics}, indent=2))
     return 0
