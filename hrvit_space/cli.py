@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import yaml
-
-from hrvit_space.config import ArchConfig, ConfigError
+import sys
+from typing import Any
+from hrvit_space.config import ArchConfig, preset, read_yaml_file
 from hrvit_space.space import SearchSpace
 
 
@@ -30,8 +28,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=_validate)
 
 
-def load_space(path: str | None) -> SearchSpace:
-    return SearchSpace.load(path) if path else SearchSpace.default()
+def load_space(path: str | None, input_size: tuple[int, int] | None = None) -> SearchSpace:
+    """``--space FILE`` at ``input_size`` (its windows must fit), or the built-in space with its window
+    choices clipped to the feature maps (said in one line on stderr), so small inputs just work."""
+    if path:
+        space = SearchSpace.load(path)
+        return space if input_size is None else space.with_input_size(input_size)
+    if input_size is None:
+        return SearchSpace.default()
+    return _noted(SearchSpace.default().fit_to_input(input_size))
+
+
+def load_preset(name: str, input_size: tuple[int, int] | None = None) -> ArchConfig:
+    """Preset ``name`` at ``input_size``, its windows clipped to the feature maps (said on stderr)."""
+    config = preset(name)
+    return config if input_size is None else _noted(config.fit_to_input(input_size))
+
+
+def _noted(fitted: tuple[Any, str | None]) -> Any:
+    value, note = fitted
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return value
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -56,13 +74,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    if not path.is_file():
-        raise ConfigError(f"{args.file!r} not found; pass the path of a YAML/JSON config or search-space file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{args.file} is not valid YAML/JSON ({error}); fix the syntax") from None
+    data = read_yaml_file(args.file, "file", "pass the path of a YAML/JSON config or search-space file")
     if isinstance(data, dict) and "windows" in data:
         space = SearchSpace.from_dict(data)
         print(f"ok: search space with {len(space.knobs())} knobs, {space.size():,} members")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,12 @@ from hrvit_nas.errors import UserError
 SCHEMA_VERSION = 1
 HEAD_KINDS = ("segformer", "classification", "none")
 STEM_STRIDE = 4
+# Upper bounds far above any published HRViT (b3: 4 branches, 6 modules, 64..512 channels, depth 6, window 7),
+# so that a typo such as a depth of 1,000,000 is refused here instead of exhausting memory later.
+LIMITS = {
+    "branches": 8, "modules": 32, "depth": 64, "channels": 8192, "dim_head": 1024, "window": 64,
+    "mlp_ratio": 16, "head.width": 8192, "head.num_classes": 65536, "in_chans": 1024,
+}
 
 
 class ConfigError(UserError, ValueError):
@@ -39,6 +46,35 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_limit(field_name: str, value: Any, limit_key: str) -> None:
+    if _is_number(value) and value > LIMITS[limit_key]:
+        _fail(field_name, f"{value!r} is above the limit {LIMITS[limit_key]}", f"at most {LIMITS[limit_key]}")
+
+
+def read_yaml_file(path: str | Path, what: str, hint: str, error: type[UserError] = ConfigError) -> Any:
+    """Parse a YAML/JSON file the user named; every unreadable case is one ``error`` naming ``hint`` as the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {str(path)!r} is a directory; {hint}")
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} not found; {hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as problem:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {problem.start}); save it as UTF-8 YAML/JSON") from None
+    except OSError as problem:
+        raise error(f"{what} {str(path)!r} cannot be read ({problem.strerror}); check its permissions") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{what} {str(path)!r} is not valid YAML/JSON ({problem}); fix the syntax") from None
+
+
+def path_slug(text: str) -> str:
+    """``text`` as one safe file-name component (no separators, no leading dots); empty when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")[:100]
 
 
 def branch_feature_size(input_size: tuple[int, int], branch: int) -> tuple[int, int]:
@@ -69,6 +105,8 @@ class HeadConfig:
             _fail("head.width", f"got {self.width!r}", "a positive integer")
         if not _is_int(self.num_classes) or self.num_classes <= 0:
             _fail("head.num_classes", f"got {self.num_classes!r}", "a positive integer")
+        _check_limit("head.width", self.width, "head.width")
+        _check_limit("head.num_classes", self.num_classes, "head.num_classes")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             _fail("head.dropout", f"got {self.dropout!r}", "a number in [0, 1)")
 
@@ -111,6 +149,9 @@ class ArchConfig:
         for b, c in enumerate(self.channels):
             if not _is_int(c) or c <= 0 or c % 2:
                 _fail(f"channels[{b}]", f"got {c!r}", "a positive even integer (attention splits channels in half)")
+            _check_limit(f"channels[{b}]", c, "channels")
+        if len(self.channels) > LIMITS["branches"]:
+            _fail("channels", f"{len(self.channels)} branches", f"at most {LIMITS['branches']} branches")
         self._validate_depths()
         branches = self.num_branches
         for name in ("window_sizes", "mlp_ratios"):
@@ -120,6 +161,7 @@ class ArchConfig:
             _fail("input_size", f"got {self.input_size!r}", "[height, width] with positive integers")
         for b, ws in enumerate(self.window_sizes):
             h, w = branch_feature_size(self.input_size, b)
+            _check_limit(f"window_sizes[{b}]", ws, "window")
             if not _is_int(ws) or ws <= 0 or ws > min(h, w):
                 _fail(
                     f"window_sizes[{b}]",
@@ -129,8 +171,10 @@ class ArchConfig:
         for b, (r, c) in enumerate(zip(self.mlp_ratios, self.channels)):
             if not _is_number(r) or not mlp_ratio_allowed(r, c):
                 _fail(f"mlp_ratios[{b}]", f"got {r!r} for {c} channels", "a positive number with ratio x channels an even integer")
+            _check_limit(f"mlp_ratios[{b}]", r, "mlp_ratio")
         if not _is_int(self.dim_head) or self.dim_head <= 0:
             _fail("dim_head", f"got {self.dim_head!r}", "a positive integer")
+        _check_limit("dim_head", self.dim_head, "dim_head")
         for b, c in enumerate(self.channels):
             half = c // 2
             if half > self.dim_head and half % self.dim_head:
@@ -139,12 +183,15 @@ class ArchConfig:
             _fail("drop_path_rate", f"got {self.drop_path_rate!r}", "a number in [0, 1)")
         if not _is_int(self.in_chans) or self.in_chans <= 0:
             _fail("in_chans", f"got {self.in_chans!r}", "a positive integer")
+        _check_limit("in_chans", self.in_chans, "in_chans")
         if self.name is not None and not isinstance(self.name, str):
             _fail("name", f"got {self.name!r}", "a string or null")
 
     def _validate_depths(self) -> None:
         if not self.depths:
             _fail("depths", "empty", "a list of modules, each a list of per-branch block counts")
+        if len(self.depths) > LIMITS["modules"]:
+            _fail("depths", f"{len(self.depths)} modules", f"at most {LIMITS['modules']} modules")
         previous = 0
         for m, module in enumerate(self.depths):
             if not module or len(module) not in (previous, previous + 1) or (m == 0 and len(module) != 1):
@@ -153,6 +200,7 @@ class ArchConfig:
             for b, d in enumerate(module):
                 if not _is_int(d) or d < 0:
                     _fail(f"depths[{m}][{b}]", f"got {d!r}", "a non-negative integer")
+                _check_limit(f"depths[{m}][{b}]", d, "depth")
             previous = len(module)
         if previous != len(self.channels):
             _fail("depths", f"the last module has {previous} branches but channels has {len(self.channels)}", "matching branch counts")
@@ -246,10 +294,7 @@ class ArchConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ArchConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; pass a YAML/JSON config (try `hrvit-nas space sample > cfg.yaml`)")
-        return cls.from_yaml(path.read_text())
+        return cls.from_dict(read_yaml_file(path, "config file", "pass a YAML/JSON config (try `hrvit-nas space sample > cfg.yaml`)"))
 
     def content_hash(self) -> str:
         """Stable across processes and machines; the display ``name`` does not change it."""
@@ -260,6 +305,24 @@ class ArchConfig:
 
     def replace(self, **changes: Any) -> "ArchConfig":
         return dataclasses.replace(self, **changes)
+
+    def run_name(self) -> str:
+        """A directory name for this config's runs: ``name`` as a safe slug (it never leaves ``runs/``), else the hash."""
+        return path_slug(self.name or "") or self.content_hash()
+
+    def fit_to_input(self, input_size: tuple[int, int]) -> tuple["ArchConfig", str | None]:
+        """This config at ``input_size``, each window clipped to its branch's feature-map side, and a one-line note
+        when a window changed. For presets and the built-in space, so small inputs just work; a config the user
+        wrote keeps its windows and fails loudly instead."""
+        size = tuple(input_size)
+        if len(size) != 2 or not all(_is_int(side) and side > 0 for side in size):
+            return self.replace(input_size=size), None  # validation names the malformed size
+        windows = tuple(min(ws, *branch_feature_size(size, b)) for b, ws in enumerate(self.window_sizes))
+        fitted = self.replace(input_size=size, window_sizes=windows)
+        if windows == self.window_sizes:
+            return fitted, None
+        return fitted, (f"input {size[0]}x{size[1]}: window_sizes {list(self.window_sizes)} -> {list(windows)} "
+                        "(clipped to the branch feature maps)")
 
 
 def _as_tuple(value: Any, field_name: str) -> tuple:

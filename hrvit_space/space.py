@@ -17,12 +17,14 @@ import yaml
 
 from hrvit_nas.atomic import atomic_write_text
 from hrvit_space.config import (
+    LIMITS,
     SCHEMA_VERSION,
     ArchConfig,
     ConfigError,
     branch_feature_size,
     mlp_ratio_allowed,
     preset,
+    read_yaml_file,
 )
 
 
@@ -63,8 +65,8 @@ class SearchSpace:
             )
         for m, module in enumerate(self.depth_choices):
             for b, choices in enumerate(module):
-                if any(not _is_int(d) or d < 0 for d in choices):
-                    raise ConfigError(f"space depths[{m}][{b}]: {list(choices)}; allowed: non-negative integers")
+                if any(not _is_int(d) or not 0 <= d <= LIMITS["depth"] for d in choices):
+                    raise ConfigError(f"space depths[{m}][{b}]: {list(choices)}; allowed: integers in 0..{LIMITS['depth']}")
         for b in range(base.num_branches):
             if sum(module[b][0] for module in self.depth_choices if b < len(module)) < 1:
                 raise ConfigError(
@@ -72,18 +74,20 @@ class SearchSpace:
                 )
         for b, choices in enumerate(self.window_choices):
             h, w = branch_feature_size(base.input_size, b)
-            bad = [ws for ws in choices if not _is_int(ws) or not 1 <= ws <= min(h, w)]
+            largest = min(h, w, LIMITS["window"])
+            bad = [ws for ws in choices if not _is_int(ws) or not 1 <= ws <= largest]
             if bad:
                 raise ConfigError(
                     f"space windows[{b}]: {bad} impossible for branch {b} ({h}x{w} at input "
-                    f"{base.input_size[0]}x{base.input_size[1]}); allowed: integers in 1..{min(h, w)}"
+                    f"{base.input_size[0]}x{base.input_size[1]}); allowed: integers in 1..{largest} "
+                    "(write your own space starting from `hrvit-nas space show --yaml`)"
                 )
         for b, choices in enumerate(self.ratio_choices):
-            bad = [r for r in choices if not mlp_ratio_allowed(r, base.channels[b])]
+            bad = [r for r in choices if not mlp_ratio_allowed(r, base.channels[b]) or r > LIMITS["mlp_ratio"]]
             if bad:
                 raise ConfigError(
                     f"space mlp_ratios[{b}]: {bad} not allowed for {base.channels[b]} channels; "
-                    "allowed: positive numbers with ratio x channels an even integer"
+                    f"allowed: positive numbers up to {LIMITS['mlp_ratio']} with ratio x channels an even integer"
                 )
 
     # ------------------------------------------------------------------------------------------ knobs
@@ -182,6 +186,22 @@ class SearchSpace:
         base = self.base.replace(input_size=tuple(input_size), window_sizes=(1,) * self.base.num_branches)
         return SearchSpace(base, self.depth_choices, self.window_choices, self.ratio_choices)
 
+    def fit_to_input(self, input_size: tuple[int, int]) -> tuple["SearchSpace", str | None]:
+        """The space at ``input_size`` with window choices clipped to each branch's feature-map side, and a
+        one-line note when a choice changed. For the built-in space only: a user's space keeps its choices
+        and ``with_input_size`` refuses the ones that do not fit."""
+        base, _ = self.base.replace(window_sizes=(1,) * self.base.num_branches).fit_to_input(input_size)
+        windows = tuple(
+            tuple(sorted({min(ws, *branch_feature_size(base.input_size, b)) for ws in choices}))
+            for b, choices in enumerate(self.window_choices)
+        )
+        space = SearchSpace(base, self.depth_choices, windows, self.ratio_choices)
+        if windows == self.window_choices:
+            return space, None
+        changed = ", ".join(f"windows[{b}] {list(old)} -> {list(new)}"
+                            for b, (old, new) in enumerate(zip(self.window_choices, windows)) if old != new)
+        return space, f"input {base.input_size[0]}x{base.input_size[1]}: {changed} (clipped to the branch feature maps)"
+
     # --------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         base = self.base.to_dict()
@@ -237,14 +257,8 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"search space file {str(path)!r} not found; write one (see `hrvit-nas space show --yaml`) or omit --space for the default")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"search space file {str(path)!r} is not valid YAML ({error}); fix the syntax") from None
-        return cls.from_dict(data)
+        hint = "write one (see `hrvit-nas space show --yaml`) or omit --space for the default"
+        return cls.from_dict(read_yaml_file(path, "search space file", hint))
 
     @classmethod
     def default(cls) -> "SearchSpace":

@@ -16,6 +16,7 @@ import yaml
 
 from hrvit_nas.atomic import atomic_write_text
 from hrvit_nas.errors import UserError
+from hrvit_space.config import read_yaml_file
 
 AMP_MODES = ("none", "fp16", "bf16")
 EVAL_MODES = ("whole", "slide")
@@ -165,10 +166,7 @@ class TrainRecipe:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainRecipe":
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {str(path)!r} not found; pass a train.yaml (e.g. from an export bundle)")
-        return cls.from_yaml(path.read_text())
+        return cls.from_dict(read_yaml_file(path, "recipe file", "pass a train.yaml (e.g. from an export bundle)", RecipeError))
 
     def replace(self, **changes: Any) -> "TrainRecipe":
         return dataclasses.replace(self, **changes)
