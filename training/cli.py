@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = ArchConfig.load(target)
         recipe = _recipe(args.recipe, args.data, args.iterations)
-    out = Path(args.out) if args.out else Path("runs") / (config.name or config.content_hash())
+    out = Path(args.out) if args.out else Path("runs") / config.run_name()
     metrics = train(config, recipe, out, resume=args.resume, init_weights=init, device=args.device)
     print(json.dumps({"out": str(out), **{k: v for k, v in metrics.items() if not isinstance(v, list)}}, indent=2))
     return 0
