@@ -11,10 +11,12 @@ from profiling.energy import (
     open_backend,
 )
 from profiling.fingerprint import device_fingerprint, fingerprint_id
-from profiling.latency import latency_stats, measure_latency, measure_runs
+from profiling.interference import CONTENDED_RATIO, ReferenceBaseline
+from profiling.latency import default_threads, latency_stats, measure_latency, measure_runs, set_default_threads
 from profiling.predictor import LatencyPredictor, PredictorAccuracy, PredictorMismatch
 from profiling.profiler import profile
 from profiling.result import EnergyResult, LatencyStats, ProfileResult
+from profiling.runtimes import RUNTIMES, PreparedRun, prepare
 
 __all__ = [
     "AnalyticCounts", "analytic_counts", "CacheCorruptError", "EnergyMonitor", "EnergyResult", "EnergyUnavailable", "FlopReport", "LatencyPredictor",

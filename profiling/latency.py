@@ -1,16 +1,23 @@
-"""Latency measurement that survives a noisy machine.
+"""Latency measurement that survives a noisy machine and says when it could not.
 
 Measured on a shared 2-core host: one timing trial varies 4-6% between trials whatever its length, the
 median of 10-20 short trials gets under 2%, and a process's first calls are 1.5-1.8x steady state. So:
 warm up for >= 1 s, time several short trials (each averages enough calls to last ``trial_s``), report
-the median with its spread, interleave candidates that are compared, and flag a median whose estimated
-relative error exceeds 2% as unstable.
+the median with its spread (and a 20% trimmed mean), interleave candidates that are compared, and flag a
+median whose estimated relative error exceeds 2% as unstable.
+
+Other processes on the machine are the larger danger (b1 read 14.6x slower beside 4 busy loops), so on
+CPU a reference kernel runs interleaved with the candidates (``profiling.interference``): when it is
+inflated the whole measurement is repeated after a back-off, and still-inflated results are flagged
+``contended``. The thread count is always set deliberately (``default_threads``), never left to torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,12 +25,43 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from profiling.device import autocast, check_dtype, synchronize
+from profiling.device import synchronize
+from profiling.interference import CONTENDED_RATIO, LoadWindow, ReferenceBaseline, reference_kernel
+from profiling.progress import PhaseProgress
 from profiling.result import LatencyStats
 
 STABLE_RELATIVE_ERROR = 0.02
+TRIM_FRACTION = 0.2
+THREADS_ENV = "HRVIT_NAS_THREADS"
+_REFERENCE = "__reference__"
+_REFERENCE_TRIAL_S = 0.02
 # Asymptotic standard error of a sample median relative to the standard deviation, sqrt(pi / 2).
 _MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
+
+
+def default_threads() -> int:
+    """``$HRVIT_NAS_THREADS`` (set by ``--threads``, inherited by worker processes), else the cores this
+    process may run on (``os.sched_getaffinity``: a taskset or container limit counts, idle siblings do not)."""
+    value = os.environ.get(THREADS_ENV)
+    if value:
+        return check_threads(int(value) if value.isdigit() else value, source=THREADS_ENV)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: object, *, source: str = "threads") -> int:
+    from hrvit_nas.errors import UserError
+
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise UserError(f"{source} {threads!r} is invalid; give a positive integer (CPU intra-op threads)")
+    return threads
+
+
+def set_default_threads(threads: int) -> None:
+    """Make ``threads`` the default of this process and of the processes it starts (``--threads``)."""
+    os.environ[THREADS_ENV] = str(check_threads(threads))
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -43,6 +81,8 @@ def median_relative_error(samples: list[float]) -> float:
 
 def latency_stats(samples_ms: list[float], *, calls_per_trial: int = 1, threads: int | None = None) -> LatencyStats:
     """Summary of per-call latencies (ms), one sample per trial."""
+    from scipy.stats import trim_mean
+
     if not samples_ms:
         raise ValueError("latency_stats needs at least one sample")
     ordered = sorted(samples_ms)
@@ -52,8 +92,10 @@ def latency_stats(samples_ms: list[float], *, calls_per_trial: int = 1, threads:
         median=statistics.median(ordered),
         p10=_quantile(ordered, 0.10),
         p90=_quantile(ordered, 0.90),
+        p99=_quantile(ordered, 0.99),
         iqr=_quantile(ordered, 0.75) - _quantile(ordered, 0.25),
         mean=mean,
+        trimmed_mean=float(trim_mean(ordered, TRIM_FRACTION)),
         cv=cv,
         n=len(ordered),
         stable=median_relative_error(ordered) <= STABLE_RELATIVE_ERROR,
@@ -84,14 +126,48 @@ def _timed_block(run: Callable[[], object], calls: int, device: torch.device) ->
     return time.perf_counter() - start
 
 
-def _warm_up(run: Callable[[], object], device: torch.device, warmup_s: float) -> float:
-    """Run for at least ``warmup_s`` (and 3 calls); return the steady per-call time in seconds."""
-    deadline = time.perf_counter() + warmup_s
+def _warm_up(run: Callable[[], object], device: torch.device, warmup_s: float, deadline: float) -> float:
+    """Run for at least ``warmup_s`` (and 3 calls, unless the deadline passes); return the steady per-call seconds."""
+    until = min(time.perf_counter() + warmup_s, deadline)
     calls, last = 0, math.inf
-    while calls < 3 or time.perf_counter() < deadline:
+    while calls < 1 or (calls < 3 and time.perf_counter() < deadline) or time.perf_counter() < until:
         last = _timed_block(run, 1, device)
         calls += 1
     return last
+
+
+@dataclasses.dataclass
+class _Plan:
+    runs: dict[str, Callable[[], object]]
+    device: torch.device
+    trials: int
+    max_trials: int
+    deadline: float
+    progress: PhaseProgress
+    calls: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _rounds(plan: _Plan) -> dict[str, list[float]]:
+    """Round-robin trials (rotating start) until every candidate is stable, ``max_trials`` or the deadline."""
+    names = list(plan.runs)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    pending = [n for n in names if n != _REFERENCE]
+    for round_index in range(plan.max_trials):
+        order = pending + ([_REFERENCE] if _REFERENCE in plan.runs else [])
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
+            seconds = _timed_block(plan.runs[name], plan.calls[name], plan.device)
+            samples[name].append(1e3 * seconds / plan.calls[name])
+        plan.progress.advance()
+        if round_index + 1 >= 2 and time.perf_counter() >= plan.deadline:
+            break
+        if round_index + 1 >= plan.trials:
+            pending = [n for n in pending if median_relative_error(samples[n]) > STABLE_RELATIVE_ERROR]
+            if not pending:
+                break
+            if round_index + 1 == plan.trials:
+                plan.progress.describe("timing (re-measuring unstable medians)", total=plan.max_trials)
+    return samples
 
 
 def measure_runs(
@@ -103,72 +179,65 @@ def measure_runs(
     max_trials: int = 45,
     trial_s: float = 0.05,
     threads: int | None = None,
+    max_seconds: float | None = None,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    baseline: ReferenceBaseline | None = None,
+    progress: bool = False,
 ) -> dict[str, LatencyStats]:
     """Time several callables interleaved (round-robin, rotating start) so drift hits them all alike.
 
     After ``trials`` rounds, candidates whose median is not yet stable get more rounds, up to ``max_trials``.
+    ``max_seconds`` bounds the whole measurement, back-offs included (at least 2 trials always run).
+    On CPU, a measurement whose interleaved reference kernel ran more than ``CONTENDED_RATIO`` slower than
+    this machine's quiet baseline is repeated (up to ``attempts``, sleeping ``backoff_s``, doubling) and,
+    if still inflated, returned with ``contended=True``.
     """
     if trials < 2:
         raise ValueError("trials must be >= 2 to estimate a spread")
-    names = list(runs)
-    with cpu_threads(threads if device.type == "cpu" else None) as used_threads:
-        calls = {}
-        for name in names:
-            per_call = _warm_up(runs[name], device, warmup_s)
-            calls[name] = max(1, math.ceil(trial_s / max(per_call, 1e-9)))
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        pending = list(names)
-        for round_index in range(max_trials):
-            shift = round_index % len(pending)
-            for name in pending[shift:] + pending[:shift]:
-                seconds = _timed_block(runs[name], calls[name], device)
-                samples[name].append(1e3 * seconds / calls[name])
-            if round_index + 1 >= trials:
-                pending = [n for n in pending if median_relative_error(samples[n]) > STABLE_RELATIVE_ERROR]
-                if not pending:
-                    break
-    recorded_threads = used_threads if device.type == "cpu" else None
-    return {name: latency_stats(samples[name], calls_per_trial=calls[name], threads=recorded_threads) for name in names}
+    start = time.perf_counter()
+    deadline = start + max_seconds if max_seconds is not None else math.inf
+    on_cpu = device.type == "cpu"
+    timed = dict(runs) | ({_REFERENCE: reference_kernel()} if on_cpu else {})
+    with cpu_threads(threads if on_cpu else None) as used_threads, PhaseProgress(
+        "warming up", len(timed) + trials, enabled=progress
+    ) as bar:
+        plan = _Plan(timed, device, trials, max(trials, max_trials), deadline, bar)
+        for name, run in timed.items():
+            trial_seconds = _REFERENCE_TRIAL_S if name == _REFERENCE else trial_s
+            per_call = _warm_up(run, device, 0.2 if name == _REFERENCE else warmup_s, deadline)
+            plan.calls[name] = max(1, math.ceil(trial_seconds / max(per_call, 1e-9)))
+            bar.advance()
+        for attempt in range(1, attempts + 1):
+            bar.describe(f"timing (attempt {attempt}: others were loading the CPU)" if attempt > 1 else "timing", total=len(timed) + trials)
+            window = LoadWindow()
+            samples = _rounds(plan)
+            load = window.close()
+            ratio = _interference(samples, used_threads, baseline) if on_cpu else None
+            contended = ratio is not None and ratio > CONTENDED_RATIO
+            pause = backoff_s * 2 ** (attempt - 1)
+            if not contended or attempt == attempts or time.perf_counter() + pause >= deadline:
+                break
+            bar.describe(f"waiting {pause:.0f} s for the CPU to quieten (reference {ratio:.2f}x its quiet speed)")
+            time.sleep(pause)
+    recorded_threads = used_threads if on_cpu else None
+    return {
+        name: dataclasses.replace(
+            latency_stats(samples[name], calls_per_trial=plan.calls[name], threads=recorded_threads),
+            interference=ratio, contended=contended, load_avg_1m=load.load_avg_1m, cpu_steal_pct=load.cpu_steal_pct,
+            attempts=attempt,
+        )
+        for name in runs
+    }
 
 
-def prepare_run(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    device: torch.device,
-    *,
-    dtype: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-) -> Callable[[], object]:
-    """A no-argument inference call of ``model`` on ``inputs`` with the requested execution options."""
-    check_dtype(dtype, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format).eval()
-    inputs = inputs.to(device=device, memory_format=memory_format)
-    if compile:
-        model = torch.compile(model)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+def _interference(samples: dict[str, list[float]], threads: int, baseline: ReferenceBaseline | None) -> float:
+    """How many times slower the reference ran than its quiet baseline on this machine at ``threads``."""
+    from profiling.fingerprint import device_fingerprint
 
-    def run() -> object:
-        with torch.inference_mode(), autocast(device, dtype):
-            return model(inputs)
-
-    if not cuda_graphs:
-        return run
-    if device.type != "cuda":
-        raise ValueError("cuda_graphs needs a CUDA device")
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return graph.replay
+    median = statistics.median(samples[_REFERENCE])
+    key = f"{device_fingerprint('cpu', threads=threads, volatile=False)['fingerprint_id']}"
+    return median / (baseline or ReferenceBaseline()).observe(key, median)
 
 
 def measure_latency(
@@ -176,18 +245,18 @@ def measure_latency(
     inputs: torch.Tensor,
     device: torch.device | str = "cpu",
     *,
+    runtime: str = "eager",
     dtype: str = "fp32",
     channels_last: bool = False,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    warmup_s: float = 1.0,
-    trials: int = 15,
-    max_trials: int = 45,
-    trial_s: float = 0.05,
     threads: int | None = None,
+    **timing: object,
 ) -> LatencyStats:
-    """Per-call latency statistics (ms) of ``model(inputs)``; batch and input size are those of ``inputs``."""
+    """Per-call latency statistics (ms) of ``model(inputs)``; batch and input size are those of ``inputs``.
+
+    ``timing``: the keyword options of ``measure_runs`` (warmup_s, trials, max_seconds, ...).
+    """
+    from profiling.runtimes import prepare
+
     device = torch.device(device)
-    run = prepare_run(model, inputs, device, dtype=dtype, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
-    stats = measure_runs({"model": run}, device, warmup_s=warmup_s, trials=trials, max_trials=max_trials, trial_s=trial_s, threads=threads)
-    return stats["model"]
+    prepared = prepare(runtime, model, inputs, device, dtype=dtype, channels_last=channels_last, threads=threads)
+    return measure_runs({"model": prepared.run}, device, threads=threads, **timing)["model"]

@@ -1,14 +1,20 @@
-"""Calibrated additive latency predictor, so a search can screen thousands of candidates.
+"""Calibrated per-branch latency predictor, so a search can screen thousands of candidates.
 
 Within a search space only the blocks change: each branch ``b`` runs ``n_b`` identical HRViT blocks whose
 cost depends on (window_b, ratio_b), while the stem, fusions, patch embeddings, norms and head are fixed.
-So latency ~ alpha * sum_b n_b * block_ms[b, window_b, ratio_b] + beta: the block table comes from timing
-each block variant in isolation (on inputs captured from a real forward pass); alpha and beta are fitted
-on whole models measured on the same device, because separately timed blocks sum to only 0.86-0.90x of
-the whole model. Every timing group also runs one fixed anchor model, and each group is rescaled by its
-anchor, so load drift on a shared machine between groups does not skew the table or the fit. Held-out
-configs, timed in the same groups as the calibration models, give the error report (share within
-+-10%, Kendall tau).
+So latency ~ beta + sum_b alpha_b * n_b * block_ms[b, window_b, ratio_b]. The block table comes from
+timing each block variant in isolation (on inputs captured from a real forward pass); the per-branch
+scales alpha_b and the fixed cost beta are fitted (non-negative, ridge-shrunk towards one common scale,
+the shrinkage chosen by leave-one-out error) on whole models measured on the same device and runtime:
+separately timed blocks sum to only 0.86-0.90x of the whole model, and not by the same factor on every
+branch (the high-resolution branch is memory-bound, the low-resolution ones are not).
+
+Calibration and held-out configs are stratified over the space's predicted latency range (the extremes
+included), not drawn at random: random draws cluster in the middle, where ranking them is a test of the
+timer's noise rather than of the predictor. Every timing group also runs one fixed anchor model, and each
+group is rescaled by its anchor, so load drift between groups does not skew the table or the fit. The
+error report (share within +-10%, Kendall tau) is printed beside the noise floor of the measurements.
+One predictor answers for one (device, runtime, dtype, input size, batch).
 """
 
 from __future__ import annotations
@@ -23,19 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hrvit_nas.atomic import atomic_write_text
 from hrvit_nas.errors import UserError
 from hrvit_space.config import ArchConfig
 from hrvit_space.space import SearchSpace
-from profiling.device import check_dtype, resolve_device
+from profiling.device import resolve_device
 from profiling.fingerprint import device_fingerprint
-from profiling.latency import measure_runs, prepare_run
+from profiling.latency import check_threads, default_threads, measure_runs, median_relative_error
+from profiling.progress import PhaseProgress
+from profiling.runtimes import check_runtime, prepare, runtime_version
 
-PREDICTOR_SCHEMA_VERSION = 1
+PREDICTOR_SCHEMA_VERSION = 2
 _BLOCK_NAME = re.compile(r"stages\.\d+\.branches\.(\d+)\.blocks\.\d+$")
 _GROUP = 6  # whole models timed interleaved at once (bounded memory)
+_POOL = 400  # configs sampled to find the space's latency range before stratifying
+_RIDGE = (0.0, 0.01, 0.1, 1.0, 10.0)  # shrinkage candidates, relative to the mean feature energy
+MIN_CALIBRATION = 3
 
 
 class PredictorMismatch(UserError):
@@ -44,26 +56,42 @@ class PredictorMismatch(UserError):
 
 @dataclass(frozen=True)
 class PredictorAccuracy:
-    """How well predictions matched measurements on held-out configs."""
+    """How well predictions matched measurements on held-out configs, beside the measurements' own noise.
+
+    ``noise_floor_pct``: median estimated standard error of one measured median (% of it);
+    ``anchor_cv_pct``: spread of the fixed anchor model's median across timing groups (drift and noise);
+    ``contended``: measurements flagged as taken while other processes loaded the CPU.
+    """
 
     within10_pct: float
     kendall_tau: float
     mean_abs_error_pct: float
     n: int
     rows: tuple[tuple[str, float, float], ...] = ()  # (config hash, predicted ms, measured ms)
+    noise_floor_pct: float | None = None
+    anchor_cv_pct: float | None = None
+    contended: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "within10_pct": self.within10_pct, "kendall_tau": self.kendall_tau,
             "mean_abs_error_pct": self.mean_abs_error_pct, "n": self.n, "rows": [list(r) for r in self.rows],
+            "noise_floor_pct": self.noise_floor_pct, "anchor_cv_pct": self.anchor_cv_pct, "contended": self.contended,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PredictorAccuracy:
         return cls(**{**data, "rows": tuple(tuple(r) for r in data.get("rows", ()))})
 
+    def describe(self) -> str:
+        noise = f"; noise floor {self.noise_floor_pct:.1f}% per measurement, anchor drift {self.anchor_cv_pct:.1f}%" if (
+            self.noise_floor_pct is not None and self.anchor_cv_pct is not None) else ""
+        flagged = f"; {self.contended} measurement(s) CONTENDED: rebuild on a quiet machine" if self.contended else ""
+        return (f"{self.within10_pct:.0f}% of {self.n} held-out configs within +-10%, Kendall tau {self.kendall_tau:.3f}, "
+                f"mean |error| {self.mean_abs_error_pct:.1f}%{noise}{flagged}")
 
-def accuracy_of(predicted: Sequence[float], measured: Sequence[float], names: Sequence[str] = ()) -> PredictorAccuracy:
+
+def accuracy_of(predicted: Sequence[float], measured: Sequence[float], names: Sequence[str] = (), **noise: Any) -> PredictorAccuracy:
     from scipy.stats import kendalltau
 
     errors = [abs(p - m) / m for p, m in zip(predicted, measured)]
@@ -74,6 +102,7 @@ def accuracy_of(predicted: Sequence[float], measured: Sequence[float], names: Se
         mean_abs_error_pct=100.0 * sum(errors) / len(errors),
         n=len(errors),
         rows=tuple(zip(names or [""] * len(errors), predicted, measured)),
+        **noise,
     )
 
 
@@ -94,9 +123,61 @@ def _blocks_per_branch(config: ArchConfig) -> list[int]:
     return [sum(module[b] for module in config.depths if b < len(module)) for b in range(config.num_branches)]
 
 
+def fit_branch_scales(features: np.ndarray, measured: np.ndarray) -> tuple[list[float], float]:
+    """Non-negative ``measured ~ features @ alpha + beta``, ridge-shrunk towards one common scale.
+
+    The shrinkage is picked by leave-one-out relative error, so few calibration models give the common
+    scale (a two-parameter fit) and many give per-branch scales.
+    """
+    from scipy.optimize import nnls
+
+    n, branches = features.shape
+    total = features.sum(axis=1)
+    common = nnls(np.column_stack([total, np.ones(n)]), measured)[0]
+    prior = np.array([common[0]] * branches + [common[1]])
+    design = np.column_stack([features, np.ones(n)])
+    energy = float(np.mean(np.sum(design**2, axis=0)))
+
+    def solve(rows: np.ndarray, ridge: float) -> np.ndarray:
+        weight = np.sqrt(ridge * energy) * np.r_[np.ones(branches), 0.0]  # the fixed cost is not shrunk
+        a = np.vstack([design[rows], np.diag(weight)])
+        b = np.concatenate([measured[rows], weight * prior])
+        return nnls(a, b)[0]
+
+    def loo_error(ridge: float) -> float:
+        if n <= branches + 1:
+            return 0.0 if ridge == max(_RIDGE) else np.inf  # too few models to judge: shrink the most
+        errors = []
+        for left_out in range(n):
+            keep = np.arange(n) != left_out
+            errors.append(abs(design[left_out] @ solve(keep, ridge) - measured[left_out]) / measured[left_out])
+        return float(np.mean(errors))
+
+    best = min(_RIDGE, key=loo_error)
+    solution = solve(np.arange(n), best)
+    return [float(a) for a in solution[:-1]], float(solution[-1])
+
+
+def _stratified(space: SearchSpace, raw_ms, count: int, rng: random.Random) -> list[ArchConfig]:
+    """``count`` distinct configs spread evenly over the predicted latency range, extremes included."""
+    pool = {c.content_hash(): c for c in [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(_POOL))]}
+    ranked = sorted(pool.values(), key=raw_ms)
+    if len(ranked) <= count:
+        return ranked
+    low, high = raw_ms(ranked[0]), raw_ms(ranked[-1])
+    chosen = [ranked[0], ranked[-1]]
+    remaining = ranked[1:-1]
+    for target in np.linspace(low, high, count)[1:-1]:  # the member nearest each evenly spaced latency
+        nearest = min(remaining, key=lambda c: abs(raw_ms(c) - target))
+        remaining.remove(nearest)
+        chosen.append(nearest)
+    return sorted(chosen, key=raw_ms)
+
+
 @dataclass
 class LatencyPredictor:
-    """``predict(config) -> ms`` for configs sharing the structure it was built on, on the same device."""
+    """``predict(config) -> ms`` for configs sharing the structure it was built on, on the same device,
+    runtime, dtype, input size and batch."""
 
     device: str
     fingerprint: dict[str, Any]
@@ -104,20 +185,22 @@ class LatencyPredictor:
     batch: int
     dtype: str
     block_ms: dict[str, float]
-    alpha: float = 1.0
+    runtime: str = "eager"
+    runtime_version: str | None = None
+    alphas: list[float] = field(default_factory=list)
     beta: float = 0.0
     accuracy: PredictorAccuracy | None = None
     calibration: list[tuple[str, float]] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------- predict
-    def raw_ms(self, config: ArchConfig) -> float:
-        """Uncalibrated sum of the block table over ``config``'s blocks."""
+    def branch_ms(self, config: ArchConfig) -> list[float]:
+        """Uncalibrated sum of the block table over each branch's blocks of ``config``."""
         if _structure(config, tuple(self.structure["input_size"])) != self.structure:
             raise PredictorMismatch(
                 f"config {config.name or config.content_hash()} differs from the predictor's fixed architecture "
                 "(channels, head, dim_head, branches per module or input size); rebuild the predictor for its space"
             )
-        total = 0.0
+        sums = []
         for b, count in enumerate(_blocks_per_branch(config)):
             key = _block_key(b, config.window_sizes[b], config.mlp_ratios[b])
             if count and key not in self.block_ms:
@@ -125,12 +208,29 @@ class LatencyPredictor:
                     f"predictor has no timing for branch {b} with window {config.window_sizes[b]} and ratio "
                     f"{config.mlp_ratios[b]}; rebuild it over a space that includes these choices"
                 )
-            total += count * self.block_ms.get(key, 0.0)
-        return total
+            sums.append(count * self.block_ms.get(key, 0.0))
+        return sums
+
+    def raw_ms(self, config: ArchConfig) -> float:
+        return sum(self.branch_ms(config))
 
     def predict(self, config: ArchConfig) -> float:
-        """Predicted latency in ms (same batch, dtype, input size and device as the build)."""
-        return self.alpha * self.raw_ms(config) + self.beta
+        """Predicted latency in ms per batch (same batch, dtype, runtime, input size and device as the build)."""
+        alphas = self.alphas or [1.0] * config.num_branches
+        return float(sum(a * ms for a, ms in zip(alphas, self.branch_ms(config))) + self.beta)
+
+    def check(self, *, runtime: str = "eager", dtype: str = "fp32", batch: int = 1, input_size: Sequence[int] | None = None) -> None:
+        """Refuse to answer for another runtime, dtype, batch or input size than the one it was built for."""
+        wanted = {"runtime": runtime, "dtype": dtype, "batch": batch}
+        built = {"runtime": self.runtime, "dtype": self.dtype, "batch": self.batch}
+        if input_size is not None:
+            wanted["input"], built["input"] = list(input_size), list(self.structure["input_size"])
+        differing = [f"{key} {built[key]} (asked: {wanted[key]})" for key in wanted if wanted[key] != built[key]]
+        if differing:
+            raise PredictorMismatch(
+                f"latency predictor was built for {', '.join(differing)}; one predictor answers for one (device, runtime, "
+                "dtype, input, batch): build one for these with `hrvit-nas profile build-predictor`"
+            )
 
     # ---------------------------------------------------------------------------------------- build
     @classmethod
@@ -142,74 +242,84 @@ class LatencyPredictor:
         input_size: tuple[int, int] | None = None,
         batch: int = 1,
         dtype: str = "fp32",
-        calibration: int = 8,
+        runtime: str = "eager",
+        calibration: int = 12,
         holdout: int = 20,
         seed: int = 0,
         warmup_s: float = 0.5,
         trials: int = 10,
         threads: int | None = None,
+        max_seconds: float | None = None,
+        progress: bool = False,
     ) -> LatencyPredictor:
         """Time block variants, fit the calibration on ``calibration`` whole models, report on ``holdout`` others.
 
-        With a list of configs, they are the calibration set (at least 3) and no held-out report is made.
+        Both sets are stratified over the space's latency range. With a list of configs, they are the
+        calibration set (at least 3) and no held-out report is made. ``max_seconds`` bounds each timing group.
         """
         resolved = resolve_device(device)
-        check_dtype(dtype, resolved)
+        check_runtime(runtime, resolved, dtype)
+        threads = default_threads() if threads is None else check_threads(threads)
         if isinstance(space_or_configs, SearchSpace):
+            for name, value, least in (("calibration", calibration, MIN_CALIBRATION), ("holdout", holdout, 0)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                    raise UserError(f"{name} {value!r} is invalid; give an integer >= {least} (whole models measured)")
             space = space_or_configs
             base = space.base
             windows, ratios = space.window_choices, space.ratio_choices
-            rng = random.Random(seed)
-            calibrate = [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(max(0, calibration - 2))]
-            held_out = [space.sample(rng) for _ in range(holdout)]
         else:
-            calibrate, held_out = list(space_or_configs), []
-            if len(calibrate) < 3:
-                raise UserError(f"a latency predictor needs at least 3 calibration configs, got {len(calibrate)}")
+            space, calibrate = None, list(space_or_configs)
+            if len(calibrate) < MIN_CALIBRATION:
+                raise UserError(f"a latency predictor needs at least {MIN_CALIBRATION} calibration configs, got {len(calibrate)}")
             base = calibrate[0]
             windows = [sorted({c.window_sizes[b] for c in calibrate}) for b in range(base.num_branches)]
             ratios = [sorted({c.mlp_ratios[b] for c in calibrate}) for b in range(base.num_branches)]
         size = tuple(input_size or base.input_size)
-        timer = _AnchoredTimer(base.replace(input_size=size), resolved, batch, dtype,
-                               {"warmup_s": warmup_s, "trials": trials, "max_trials": trials, "threads": threads})
-        block_ms = _time_blocks(base, windows, ratios, size, timer)
-        # Calibration and held-out models are shuffled into the same interleaved groups: drift hits both alike.
-        models = calibrate + held_out
-        order = random.Random(seed).sample(range(len(models)), len(models))
-        timed = timer.normalised(timer.time_models([models[i] for i in order], size))
-        measured = {str(index): timed[str(position)] for position, index in enumerate(order)}
-        predictor = cls(
-            device=str(resolved), fingerprint=device_fingerprint(resolved, threads=threads or torch.get_num_threads()),
-            structure=_structure(base, size), batch=batch, dtype=dtype, block_ms=timer.normalised(block_ms),
+        timing = {"warmup_s": warmup_s, "trials": trials, "max_trials": trials, "threads": threads, "max_seconds": max_seconds}
+        block_groups = max(len(w) * len(r) for w, r in zip(windows, ratios))
+        planned = calibration + holdout if space is not None else len(calibrate)
+        with PhaseProgress("timing block variants", block_groups + -(-planned // _GROUP), enabled=progress) as bar:
+            timer = _AnchoredTimer(base.replace(input_size=size), resolved, batch, dtype, runtime, timing, bar)
+            block_ms = _time_blocks(base, windows, ratios, size, timer)
+            predictor = cls(
+                device=str(resolved), fingerprint=device_fingerprint(resolved, threads=threads), structure=_structure(base, size),
+                batch=batch, dtype=dtype, block_ms=block_ms, runtime=runtime, runtime_version=runtime_version(runtime),
+            )
+            held_out: list[ArchConfig] = []
+            if space is not None:
+                chosen = _stratified(space, predictor.raw_ms, calibration + holdout, random.Random(seed))
+                picks = set(np.linspace(0, len(chosen) - 1, min(calibration, len(chosen))).round().astype(int).tolist())
+                calibrate = [c for i, c in enumerate(chosen) if i in picks]
+                held_out = [c for i, c in enumerate(chosen) if i not in picks]
+            # Calibration and held-out models are shuffled into the same interleaved groups: drift hits both alike.
+            models = calibrate + held_out
+            order = random.Random(seed).sample(range(len(models)), len(models))
+            bar.describe("timing whole models")
+            timed = timer.time_models([models[i] for i in order], size)
+        by_position = timer.normalised(timed)
+        measured = {index: by_position[str(position)] for position, index in enumerate(order)}
+        predictor.block_ms = timer.normalised(block_ms)
+        calibration_ms = [measured[i] for i in range(len(calibrate))]
+        predictor.alphas, predictor.beta = fit_branch_scales(
+            np.array([predictor.branch_ms(c) for c in calibrate]), np.array(calibration_ms)
         )
-        calibration_ms = [measured[str(i)] for i in range(len(calibrate))]
-        predictor._calibrate([predictor.raw_ms(c) for c in calibrate], calibration_ms)
         predictor.calibration = [(c.content_hash(), ms) for c, ms in zip(calibrate, calibration_ms)]
         if held_out:
-            predictor.accuracy = predictor.evaluate(held_out, [measured[str(len(calibrate) + i)] for i in range(len(held_out))])
+            predictor.accuracy = predictor.evaluate(
+                held_out, [measured[len(calibrate) + i] for i in range(len(held_out))], **timer.noise()
+            )
         return predictor
 
-    def _calibrate(self, raw: list[float], measured: list[float]) -> None:
-        """Least-squares fit of measured = alpha * raw + beta (beta >= 0: the fixed parts cost time)."""
-        n = len(raw)
-        mean_raw, mean_measured = sum(raw) / n, sum(measured) / n
-        spread = sum((r - mean_raw) ** 2 for r in raw)
-        alpha = sum((r - mean_raw) * (m - mean_measured) for r, m in zip(raw, measured)) / spread if spread else 0.0
-        beta = mean_measured - alpha * mean_raw
-        if alpha <= 0 or beta < 0:  # degenerate fit: fall back to a pure scale
-            alpha, beta = sum(m * r for r, m in zip(raw, measured)) / sum(r * r for r in raw), 0.0
-        self.alpha, self.beta = alpha, beta
-
-    def evaluate(self, configs: Sequence[ArchConfig], measured_ms: Sequence[float]) -> PredictorAccuracy:
-        return accuracy_of([self.predict(c) for c in configs], list(measured_ms), [c.content_hash() for c in configs])
+    def evaluate(self, configs: Sequence[ArchConfig], measured_ms: Sequence[float], **noise: Any) -> PredictorAccuracy:
+        return accuracy_of([self.predict(c) for c in configs], list(measured_ms), [c.content_hash() for c in configs], **noise)
 
     # ------------------------------------------------------------------------------------ save/load
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": PREDICTOR_SCHEMA_VERSION, "device": self.device, "fingerprint": self.fingerprint,
-            "structure": self.structure, "batch": self.batch, "dtype": self.dtype, "block_ms": self.block_ms,
-            "alpha": self.alpha, "beta": self.beta, "calibration": [list(c) for c in self.calibration],
-            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+            "structure": self.structure, "batch": self.batch, "dtype": self.dtype, "runtime": self.runtime,
+            "runtime_version": self.runtime_version, "block_ms": self.block_ms, "alphas": self.alphas, "beta": self.beta,
+            "calibration": [list(c) for c in self.calibration], "accuracy": self.accuracy.to_dict() if self.accuracy else None,
         }
 
     def save(self, path: str | Path) -> None:
@@ -217,7 +327,7 @@ class LatencyPredictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, *, check_device: bool = True) -> LatencyPredictor:
-        """Load and refuse a predictor measured on another device (fingerprint mismatch)."""
+        """Load and refuse a predictor measured on another device or runtime version (fingerprint mismatch)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -229,8 +339,11 @@ class LatencyPredictor:
             raise UserError(f"latency predictor {path} is not a predictor of schema {PREDICTOR_SCHEMA_VERSION}; rebuild it")
         accuracy = data.pop("accuracy")
         data.pop("schema_version")
-        predictor = cls(**{**data, "calibration": [tuple(c) for c in data["calibration"]]})
-        predictor.accuracy = PredictorAccuracy.from_dict(accuracy) if accuracy else None
+        try:
+            predictor = cls(**{**data, "calibration": [tuple(c) for c in data["calibration"]]})
+            predictor.accuracy = PredictorAccuracy.from_dict(accuracy) if accuracy else None
+        except (TypeError, KeyError) as error:
+            raise UserError(f"latency predictor {path} is malformed ({error}); rebuild it") from None
         if check_device:
             here = device_fingerprint(resolve_device(device or predictor.device), threads=predictor.fingerprint.get("threads"), volatile=False)
             if here["fingerprint_id"] != predictor.fingerprint["fingerprint_id"]:
@@ -239,6 +352,11 @@ class LatencyPredictor:
                     f"({predictor.fingerprint.get('name')}, torch {predictor.fingerprint.get('torch')}, "
                     f"id {predictor.fingerprint['fingerprint_id']}; here: {here.get('name')}, torch {here.get('torch')}, "
                     f"id {here['fingerprint_id']}); rebuild it here with `hrvit-nas profile build-predictor`"
+                )
+            if predictor.runtime_version != runtime_version(predictor.runtime):
+                raise PredictorMismatch(
+                    f"latency predictor {path} was measured with {predictor.runtime_version}, here it is "
+                    f"{runtime_version(predictor.runtime)}; rebuild it here with `hrvit-nas profile build-predictor`"
                 )
         return predictor
 
@@ -250,28 +368,34 @@ class _AnchoredTimer:
     multiplying by the anchor's overall median) puts block and whole-model timings on one scale.
     """
 
-    def __init__(self, anchor: ArchConfig, device: torch.device, batch: int, dtype: str, timing: dict[str, Any]) -> None:
-        from hrvit_space.model import build_model
-
-        self.device, self.batch, self.dtype, self.timing = device, batch, dtype, timing
-        self._anchor = prepare_run(build_model(anchor), torch.randn(batch, anchor.in_chans, *anchor.input_size), device, dtype=dtype)
+    def __init__(
+        self, anchor: ArchConfig, device: torch.device, batch: int, dtype: str, runtime: str, timing: dict[str, Any], bar: PhaseProgress
+    ) -> None:
+        self.device, self.batch, self.dtype, self.runtime, self.timing, self.bar = device, batch, dtype, runtime, timing, bar
+        self._anchor = self.prepare(_build(anchor), torch.randn(batch, anchor.in_chans, *anchor.input_size))
         self._scales: dict[str, float] = {}  # measurement name -> anchor median of its group
+        self._errors: list[float] = []  # estimated relative standard error of each measured median
+        self.contended = 0
+
+    def prepare(self, module: torch.nn.Module, inputs: torch.Tensor):
+        return prepare(self.runtime, module, inputs, self.device, dtype=self.dtype, threads=self.timing["threads"]).run
 
     def time(self, runs: dict[str, Any]) -> dict[str, float]:
         stats = measure_runs({**runs, "__anchor__": self._anchor}, self.device, **self.timing)
         anchor = stats.pop("__anchor__").median
         self._scales.update({name: anchor for name in stats})
+        self._errors.extend(median_relative_error(list(s.samples)) for s in stats.values())
+        self.contended += sum(s.contended for s in stats.values())
+        self.bar.advance()
         return {name: s.median for name, s in stats.items()}
 
     def time_models(self, configs: Sequence[ArchConfig], input_size: tuple[int, int]) -> dict[str, float]:
         """Median ms per config (keyed by position), in groups of ``_GROUP``."""
-        from hrvit_space.model import build_model
-
         result: dict[str, float] = {}
         for start in range(0, len(configs), _GROUP):
             inputs = torch.randn(self.batch, configs[0].in_chans, *input_size)
             result.update(self.time({
-                str(start + i): prepare_run(build_model(c.replace(input_size=input_size)), inputs, self.device, dtype=self.dtype)
+                str(start + i): self.prepare(_build(c.replace(input_size=input_size)), inputs)
                 for i, c in enumerate(configs[start : start + _GROUP])
             }))
         return result
@@ -280,14 +404,27 @@ class _AnchoredTimer:
         reference = statistics.median(self._scales.values())
         return {name: ms * reference / self._scales[name] for name, ms in measured.items()}
 
+    def noise(self) -> dict[str, Any]:
+        anchors = list(dict.fromkeys(self._scales.values()))  # one anchor median per group
+        finite = [e for e in self._errors if np.isfinite(e)]
+        return {
+            "noise_floor_pct": 100.0 * statistics.median(finite) if finite else None,
+            "anchor_cv_pct": 100.0 * statistics.stdev(anchors) / statistics.fmean(anchors) if len(anchors) > 1 else None,
+            "contended": self.contended,
+        }
+
+
+def _build(config: ArchConfig) -> torch.nn.Module:
+    from hrvit_space.model import build_model
+
+    return build_model(config).eval()
+
 
 def _time_blocks(
     base: ArchConfig, windows: Sequence[Sequence[int]], ratios: Sequence[Sequence[float]], input_size: tuple[int, int],
     timer: _AnchoredTimer,
 ) -> dict[str, float]:
     """Median ms of one block per (branch, window, ratio), timed on inputs captured from a probe model."""
-    from hrvit_space.model import build_model
-
     variants = [list(itertools.product(w, r)) for w, r in zip(windows, ratios)]
     table: dict[str, float] = {}
     for probe in range(max(len(v) for v in variants)):
@@ -295,7 +432,7 @@ def _time_blocks(
         config = base.replace(  # a valid base has at least one block per branch to time
             input_size=input_size, window_sizes=tuple(w for w, _ in chosen), mlp_ratios=tuple(r for _, r in chosen)
         )
-        model = build_model(config).eval()
+        model = _build(config)
         blocks = _first_block_per_branch(model)
         captured: dict[int, torch.Tensor] = {}
         hooks = [block.register_forward_pre_hook(lambda mod, args, b=b, store=captured: store.setdefault(b, args[0].detach().clone()))
@@ -305,11 +442,13 @@ def _time_blocks(
         for hook in hooks:
             hook.remove()
         runs = {
-            _block_key(b, *chosen[b]): prepare_run(block, captured[b], timer.device, dtype=timer.dtype)
+            _block_key(b, *chosen[b]): timer.prepare(block, captured[b])
             for b, block in blocks.items() if _block_key(b, *chosen[b]) not in table
         }
         if runs:
             table.update(timer.time(runs))
+        else:
+            timer.bar.advance()
     return table
 
 

@@ -1,8 +1,10 @@
 """``profile(config)``: parameters, compute, latency, memory and energy of one architecture, cached.
 
 Compute is counted on CPU in fp32 (it does not depend on the device); timing, memory and energy run on
-the requested device with the requested options. ``isolate=True`` runs the whole measurement in a fresh
-Python process, so an out-of-memory error or a crash becomes ``result.error`` instead of ending a search.
+the requested device and runtime (``profiling.runtimes``) with the requested options. ``isolate=True``
+runs the whole measurement in a fresh Python process, so an out-of-memory error or a crash becomes
+``result.error`` instead of ending a search. A latency measured while other processes loaded the CPU
+(``result.contended``) is returned, flagged, but never cached: the next call measures again.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from profiling.energy import (
     open_backend,
 )
 from profiling.fingerprint import device_fingerprint
-from profiling.latency import cpu_threads, measure_runs, prepare_run
-from profiling.memory import peak_memory_bytes
+from profiling.latency import check_threads, cpu_threads, default_threads, measure_runs
+from profiling.memory import check_fits, peak_memory
+from profiling.progress import PhaseProgress
 from profiling.result import EnergyResult, ProfileResult
+from profiling.runtimes import check_runtime, prepare, runtime_version
 
 DEFAULT_CACHE = "default"
+DEFAULT_MAX_SECONDS = 60.0  # one latency measurement, warm-up and back-offs included
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,34 +64,37 @@ def profile(
     input_size: tuple[int, int] | None = None,
     batch: int = 1,
     dtype: str = "fp32",
+    runtime: str = "eager",
     energy: bool = False,
     measure_latency: bool = True,
     channels_last: bool = False,
-    compile: bool = False,
-    cuda_graphs: bool = False,
     threads: int | None = None,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
     cache: ProfileCache | str | os.PathLike | None = DEFAULT_CACHE,
     isolate: bool = False,
     timeout_s: float | None = None,
+    progress: bool = False,
 ) -> ProfileResult:
     """Profile ``config`` (cached: a repeated call answers from the cache without building the model).
 
     ``cache``: a ProfileCache, a path, ``"default"`` (``default_cache_path()``) or None for no cache.
-    ``threads``: CPU intra-op threads for timing (default: torch's current setting); recorded either way.
-    ``timeout_s`` applies to the isolated subprocess.
+    ``runtime``: eager, compile, cuda-graphs, onnxruntime, onnxruntime-trt or tensorrt (``profiling.runtimes``).
+    ``threads``: CPU intra-op threads (default ``latency.default_threads()``: the cores this process may use).
+    ``max_seconds`` bounds the latency measurement (at least 2 trials run); ``timeout_s`` the isolated subprocess.
+    ``progress``: show a progress line with ETA on stderr.
     """
     resolved = resolve_device(device)
     check_dtype(dtype, resolved)
     size = _checked_input_size(config, input_size)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise UserError(f"batch {batch!r} is invalid; give a positive integer")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads {threads!r} is invalid; give a positive integer (CPU intra-op threads)")
-    threads = threads or torch.get_num_threads()
-    if cuda_graphs and resolved.type != "cuda":
-        raise UserError("CUDA graphs need a CUDA device; drop --cuda-graphs or use --device cuda")
+    threads = default_threads() if threads is None else check_threads(threads)
+    if max_seconds is not None and not max_seconds > 0:
+        raise UserError(f"max_seconds {max_seconds!r} is invalid; give a positive number of seconds")
+    check_runtime(runtime, resolved, dtype)
     options = {
-        "latency": measure_latency, "energy": energy, "channels_last": channels_last, "compile": compile, "cuda_graphs": cuda_graphs,
+        "latency": measure_latency, "energy": energy, "channels_last": channels_last, "runtime": runtime,
+        "runtime_version": runtime_version(runtime),
     }
     fingerprint = device_fingerprint(resolved, threads=threads, volatile=False)
     key = cache_key(config.content_hash(), size, batch, dtype, options, fingerprint["fingerprint_id"])
@@ -94,9 +102,13 @@ def profile(
     try:
         if store is not None and (hit := store.get(key)) is not None:
             return dataclasses.replace(hit, cached=True)
-        request = {"config": config, "device": resolved, "input_size": size, "batch": batch, "dtype": dtype, "options": options, "threads": threads}
-        result = _profile_isolated(request, timeout_s) if isolate else _profile_here(**request)
-        if store is not None and result.error is None:
+        _check_memory(config, size, batch, resolved)
+        request = {
+            "config": config, "device": resolved, "input_size": size, "batch": batch, "dtype": dtype, "options": options,
+            "threads": threads, "max_seconds": max_seconds,
+        }
+        result = _profile_isolated(request, timeout_s) if isolate else _profile_here(**request, progress=progress)
+        if store is not None and result.error is None and not result.contended:
             store.put(key, result)
         return result
     finally:
@@ -104,16 +116,29 @@ def profile(
             store.close()
 
 
+def _check_memory(config: ArchConfig, size: tuple[int, int], batch: int, device: torch.device) -> None:
+    """Estimate from shapes before allocating: counting always runs on the CPU, timing on ``device``."""
+    from hrvit_space.model import build_model
+
+    check_fits(
+        lambda: build_model(config.replace(input_size=size)), (batch, config.in_chans, *size),
+        [torch.device("cpu"), *([device] if device.type == "cuda" else [])],
+        f"profiling {config.name or config.content_hash()} at {size[0]}x{size[1]}, batch {batch}",
+    )
+
+
 def _profile_here(
-    config: ArchConfig, device: torch.device, input_size: tuple[int, int], batch: int, dtype: str, options: dict[str, Any], threads: int
+    config: ArchConfig, device: torch.device, input_size: tuple[int, int], batch: int, dtype: str, options: dict[str, Any],
+    threads: int, max_seconds: float | None, progress: bool = False,
 ) -> ProfileResult:
     from hrvit_space.model import build_model
 
-    model = build_model(config.replace(input_size=input_size)).eval()
-    inputs = torch.randn(batch, config.in_chans, *input_size)
-    params, params_by_component, params_by_branch = count_params(model)
-    with torch.no_grad(), cpu_threads(threads):
-        flops = count_flops(model, inputs)
+    with PhaseProgress("building the model and counting FLOPs", None, enabled=progress):
+        model = build_model(config.replace(input_size=input_size)).eval()
+        inputs = torch.randn(batch, config.in_chans, *input_size)
+        params, params_by_component, params_by_branch = count_params(model)
+        with torch.no_grad(), cpu_threads(threads):
+            flops = count_flops(model, inputs)
     common = {
         "config_hash": config.content_hash(), "params": params, "params_by_component": params_by_component,
         "params_by_branch": params_by_branch, "macs": flops.macs, "macs_by_component": flops.macs_by_component,
@@ -122,21 +147,21 @@ def _profile_here(
     }
     latency = energy_result = None
     try:
-        run = prepare_run(
-            model, inputs, device, dtype=dtype, channels_last=options["channels_last"], compile=options["compile"],
-            cuda_graphs=options["cuda_graphs"],
-        )
-        with cpu_threads(threads):
-            peak = peak_memory_bytes(run, device)  # first, before timing loops grow the allocator's caches
+        with PhaseProgress(f"preparing the {options['runtime']} runtime", None, enabled=progress), cpu_threads(threads):
+            prepared = prepare(
+                options["runtime"], model, inputs, device, dtype=dtype, channels_last=options["channels_last"], threads=threads
+            )
+            peak = peak_memory(prepared.run, device, model, torch_memory=prepared.torch_memory)  # before timing grows caches
         if options["latency"]:
-            latency = measure_runs({"model": run}, device, threads=threads)["model"]
+            latency = measure_runs({"model": prepared.run}, device, threads=threads, max_seconds=max_seconds, progress=progress)["model"]
         if options["energy"]:
             with cpu_threads(threads):
-                energy_result = _measure_energy(run, batch, device)
+                energy_result = _measure_energy(prepared.run, batch, device)
     except torch.cuda.OutOfMemoryError as error:
         return ProfileResult(**common, fingerprint=device_fingerprint(device, threads), error=f"CUDA out of memory: {error}")
     return ProfileResult(
-        **common, latency=latency, energy=energy_result, peak_memory_bytes=peak, fingerprint=device_fingerprint(device, threads)
+        **common, latency=latency, energy=energy_result, peak_memory_bytes=peak.bytes, peak_memory_source=peak.source,
+        runtime_max_abs_diff=prepared.max_abs_diff, fingerprint=device_fingerprint(device, threads),
     )
 
 

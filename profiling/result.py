@@ -18,8 +18,10 @@ RESULT_SCHEMA_VERSION = 1
 class LatencyStats:
     """Per-call latency in milliseconds over ``n`` timing trials (each trial averages several calls).
 
-    ``stable`` is False when the median is not known to about 2% (see ``latency.is_stable``): compare such
-    numbers only after re-measuring.
+    ``stable`` is False when the median is not known to about 2% (``latency.STABLE_RELATIVE_ERROR``): compare
+    such numbers only after re-measuring. ``contended`` is True when other processes slowed the interleaved
+    reference kernel by more than ``interference.CONTENDED_RATIO`` (``interference`` is that slowdown) even
+    after re-measuring: such a number is not this model's speed, and it is never cached.
     """
 
     median: float
@@ -33,6 +35,13 @@ class LatencyStats:
     samples: tuple[float, ...] = ()
     calls_per_trial: int = 1
     threads: int | None = None
+    p99: float | None = None
+    trimmed_mean: float | None = None
+    interference: float | None = None
+    contended: bool = False
+    load_avg_1m: float | None = None
+    cpu_steal_pct: float | None = None
+    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +56,13 @@ class LatencyStats:
             "latency_samples_ms": list(self.samples),
             "latency_calls_per_trial": self.calls_per_trial,
             "latency_threads": self.threads,
+            "latency_ms_p99": self.p99,
+            "latency_ms_trimmed_mean": self.trimmed_mean,
+            "latency_interference_ratio": self.interference,
+            "latency_contended": self.contended,
+            "latency_load_avg_1m": self.load_avg_1m,
+            "latency_cpu_steal_pct": self.cpu_steal_pct,
+            "latency_attempts": self.attempts,
         }
 
     @classmethod
@@ -58,6 +74,10 @@ class LatencyStats:
             iqr=data["latency_ms_iqr"], mean=data["latency_ms_mean"], cv=data["latency_cv"],
             n=data["latency_n"], stable=data["latency_stable"], samples=tuple(data.get("latency_samples_ms", ())),
             calls_per_trial=data.get("latency_calls_per_trial", 1), threads=data.get("latency_threads"),
+            p99=data.get("latency_ms_p99"), trimmed_mean=data.get("latency_ms_trimmed_mean"),
+            interference=data.get("latency_interference_ratio"), contended=data.get("latency_contended", False),
+            load_avg_1m=data.get("latency_load_avg_1m"), cpu_steal_pct=data.get("latency_cpu_steal_pct"),
+            attempts=data.get("latency_attempts", 1),
         )
 
 
@@ -132,6 +152,8 @@ class ProfileResult:
     latency: LatencyStats | None = None
     energy: EnergyResult | None = None
     peak_memory_bytes: int | None = None
+    peak_memory_source: str | None = None  # how it was measured, or why it is unavailable
+    runtime_max_abs_diff: float | None = None  # runtime's outputs vs eager PyTorch (None for eager itself)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     input_size: tuple[int, int] = (512, 512)
@@ -146,6 +168,31 @@ class ProfileResult:
         return None if self.macs is None else 2 * self.macs
 
     @property
+    def params_m(self) -> float | None:
+        return None if self.params is None else self.params / 1e6
+
+    @property
+    def gmacs(self) -> float | None:
+        return None if self.macs is None else self.macs / 1e9
+
+    @property
+    def gflops(self) -> float | None:
+        return None if self.macs is None else 2 * self.macs / 1e9
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median per-call latency (ms per batch), the figure budgets and objectives use."""
+        return None if self.latency is None else self.latency.median
+
+    @property
+    def contended(self) -> bool:
+        return self.latency is not None and self.latency.contended
+
+    @property
+    def runtime(self) -> str:
+        return self.options.get("runtime", "eager")
+
+    @property
     def fingerprint_id(self) -> str | None:
         return self.fingerprint.get("fingerprint_id")
 
@@ -154,19 +201,23 @@ class ProfileResult:
             "schema_version": RESULT_SCHEMA_VERSION,
             "config_hash": self.config_hash,
             "params": self.params,
-            "params_m": None if self.params is None else self.params / 1e6,
+            "params_m": self.params_m,
             "params_by_component": dict(self.params_by_component),
             "params_by_branch": dict(self.params_by_branch),
             "macs": self.macs,
             "flops": self.flops,
-            "gmacs": None if self.macs is None else self.macs / 1e9,
-            "gflops": None if self.macs is None else 2 * self.macs / 1e9,
+            "gmacs": self.gmacs,
+            "gflops": self.gflops,
             "macs_by_component": dict(self.macs_by_component),
             "macs_by_branch": dict(self.macs_by_branch),
             "macs_by_operator": dict(self.macs_by_operator),
             "other_ops": self.other_ops,
             "uncounted_ops": dict(self.uncounted_ops),
             "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_source": self.peak_memory_source,
+            "runtime": self.runtime,
+            "runtime_version": self.options.get("runtime_version"),
+            "runtime_max_abs_diff": self.runtime_max_abs_diff,
             "fingerprint": dict(self.fingerprint),
             "fingerprint_id": self.fingerprint_id,
             "device": self.device,
@@ -176,7 +227,7 @@ class ProfileResult:
             "options": dict(self.options),
             "error": self.error,
         }
-        data.update(LatencyStats.to_dict(self.latency) if self.latency else {"latency_ms_median": None})
+        data.update(LatencyStats.to_dict(self.latency) if self.latency else {"latency_ms_median": None, "latency_contended": False})
         data.update(self.energy.to_dict() if self.energy else {"energy_mj_per_image": None})
         return data
 

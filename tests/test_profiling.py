@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from profiling import (
     count_params,
     profile,
 )
-from profiling.predictor import accuracy_of
+from profiling.predictor import accuracy_of, fit_branch_scales
 
 TINY = preset("b1").replace(
     channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), dim_head=8,
@@ -35,6 +36,12 @@ FAST = {"device": "cpu", "threads": 1, "measure_latency": False}
 
 def whole(name: str) -> tuple[str, None]:
     return ("all", None)
+
+
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch):
+    """The interference baseline and default cache live next to each other: keep both out of $HOME."""
+    monkeypatch.setenv("HRVIT_NAS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hrvit-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +157,11 @@ def test_energy_on_cpu_is_measured_or_explained_never_zero(monkeypatch):
     ({"device": "cpu", "input_size": (16, 16)}, "window_sizes"),
     ({"device": "cpu", "batch": 0}, "batch"),
     ({"device": "cpu", "threads": 0}, "threads"),
-    ({"device": "cpu", "cuda_graphs": True}, "CUDA graphs need a CUDA device"),
+    ({"device": "cpu", "runtime": "cuda-graphs"}, "runtime cuda-graphs needs a CUDA device"),
+    ({"device": "cpu", "runtime": "tensorrt"}, "runtime tensorrt needs a CUDA device"),
+    ({"device": "cpu", "runtime": "onnxruntime", "dtype": "bf16"}, "fp32 or fp16"),
+    ({"device": "cpu", "runtime": "tvm"}, "unknown runtime"),
+    ({"device": "cpu", "max_seconds": 0}, "max_seconds"),
 ])
 def test_bad_requests_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -173,7 +184,7 @@ def test_predictor_mechanics(tiny_predictor, tmp_path):
     assert set(predictor.block_ms) == {"0/1/2", "1/1/2", "2/1/2", "2/1/4", "3/1/2", "3/2/2"}
     small, large = TINY_SPACE.smallest(), TINY_SPACE.largest()
     assert predictor.raw_ms(large) > predictor.raw_ms(small) > 0
-    assert predictor.alpha > 0 and predictor.beta >= 0
+    assert all(a >= 0 for a in predictor.alphas) and sum(predictor.alphas) > 0 and predictor.beta >= 0
     assert predictor.accuracy is not None and predictor.accuracy.n == 3
     path = tmp_path / "predictor.json"
     predictor.save(path)
@@ -196,10 +207,14 @@ def test_predictor_from_another_device_is_refused(tiny_predictor, tmp_path):
         LatencyPredictor.load(tmp_path / "missing.json")
 
 
-def test_calibration_recovers_a_linear_relation_and_accuracy_metrics():
-    predictor = LatencyPredictor(device="cpu", fingerprint={}, structure={}, batch=1, dtype="fp32", block_ms={})
-    predictor._calibrate([1.0, 2.0, 4.0], [3.1, 5.3, 9.7])  # 2.2 x + 0.9
-    assert predictor.alpha == pytest.approx(2.2) and predictor.beta == pytest.approx(0.9)
+def test_calibration_recovers_per_branch_scales_and_accuracy_metrics():
+    rng = np.random.default_rng(0)
+    features = rng.uniform(1.0, 10.0, size=(16, 3))
+    measured = features @ np.array([0.9, 1.3, 1.1]) + 4.0  # per-branch scales, fixed cost 4 ms
+    alphas, beta = fit_branch_scales(features, measured)
+    assert alphas == pytest.approx([0.9, 1.3, 1.1], rel=1e-3) and beta == pytest.approx(4.0, rel=1e-3)
+    few_alphas, few_beta = fit_branch_scales(features[:3], measured[:3])  # too few models: shrunk to one scale
+    assert max(few_alphas) - min(few_alphas) < 0.2 and few_beta >= 0
     accuracy = accuracy_of([1.0, 2.0, 3.0, 4.0], [1.05, 2.5, 2.9, 4.0])
     assert accuracy.within10_pct == 75.0 and accuracy.kendall_tau == pytest.approx(1.0) and accuracy.n == 4
 
@@ -256,5 +271,5 @@ def test_cli_build_predictor_writes_a_loadable_predictor(tmp_path, capsys):
             "--calibration", "3", "--holdout", "0", "--out", str(out), "--json"]
     assert run_cli(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["out"] == str(out) and summary["alpha"] > 0
+    assert summary["out"] == str(out) and sum(summary["alphas"]) > 0 and summary["runtime"] == "eager"
     assert LatencyPredictor.load(out).predict(TINY_SPACE.largest()) > 0
