@@ -21,6 +21,10 @@ _LAZY = {
     "ShortTrainEstimator": "training.estimators",
     "rank_check": "training.rank_check",
     "RankCheckResult": "training.rank_check",
+    "evaluate_member": "training.evaluation",
+    "AccuracyPredictor": "training.accuracy_predictor",
+    "PredictorEstimator": "training.accuracy_predictor",
+    "fit_predictor": "training.accuracy_predictor",
 }
 
 __all__ = ["Bundle", "BundleError", "RecipeError", "TrainRecipe", "load_bundle", *_LAZY]
