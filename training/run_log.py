@@ -89,8 +89,9 @@ class RunLog:
         write_metrics(self.out_dir, record, self.class_names)
         if self.writer is not None:
             for key, value in eval_scalars(record, self.class_names).items():
-                if key != "iteration" and not math.isnan(value):
-                    self.writer.add_scalar(f"val/{key}", value, record["iteration"])
+                if key != "iteration" and not math.isnan(value):  # per-class IoU gets its own TensorBoard group
+                    tag = f"val_iou/{key.removeprefix('iou.')}" if key.startswith("iou.") else f"val/{key}"
+                    self.writer.add_scalar(tag, value, record["iteration"])
             self.writer.flush()
         self.log("eval " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
 
