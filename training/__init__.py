@@ -1,4 +1,4 @@
-"""Training: full training of a config, supernet training, data-driven accuracy estimators, rank check.
+"""Training: full training of a config, supernet training, accuracy estimators, rank check, predict/evaluate.
 
 Light names (recipe, bundle) import eagerly; the torch-heavy ones load on first use, so the CLI and
 the reports package can read recipes and bundles without importing torch.
@@ -25,6 +25,10 @@ _LAZY = {
     "AccuracyPredictor": "training.accuracy_predictor",
     "PredictorEstimator": "training.accuracy_predictor",
     "fit_predictor": "training.accuracy_predictor",
+    "load_trained_model": "training.predict",
+    "predict_images": "training.predict",
+    "evaluate_model": "training.predict",
+    "apply_cfg_options": "training.overrides",
 }
 
 __all__ = ["Bundle", "BundleError", "RecipeError", "TrainRecipe", "load_bundle", *_LAZY]
