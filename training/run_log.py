@@ -49,10 +49,12 @@ class RunLog:
         _cut_csv(out_dir / TRAIN_LOG_FILE, start, TRAIN_COLUMNS)
         self.writer = _tensorboard_writer(out_dir / TENSORBOARD_DIR, start)
         if progress:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=Console(stderr=True))  # stdout stays the run's JSON summary
             self.task = self.progress.add_task("train", total=total, completed=start, stats="")
             self.progress.start()
 
