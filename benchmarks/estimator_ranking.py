@@ -183,7 +183,7 @@ def main() -> None:
             super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0)
             checkpoints[name] = train_supernet(space, super_recipe, out / "supernet" / name, device=args.device, distill=distill,
                                                random_members=settings.random_members, init=weights[members[-1].name] if warm else None,
-                                               log=lambda _: None)
+                                               log=lambda line: log(f"supernet {name}: {line}"))
         scorer = SupernetEstimator(checkpoint=str(checkpoints[reused or name]), batches=batches or settings.bn_batches,
                                    val_samples=settings.val_samples, device=args.device)
         supernet_scorers[name] = scorer
