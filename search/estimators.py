@@ -34,6 +34,7 @@ ESTIMATORS: dict[str, str] = {
     "flops": "search.estimators:FlopsEstimator",
     "supernet": "training.estimators:SupernetEstimator",
     "short-train": "training.estimators:ShortTrainEstimator",
+    "predictor": "training.accuracy_predictor:PredictorEstimator",
 }
 DEFAULT_ESTIMATOR = "zero-cost"
 
