@@ -117,7 +117,7 @@ def run_training(
     precision = Precision(recipe.amp, ctx.device)
     start, history, best, window = 0, [], None, []
     if resume:
-        state = load_checkpoint(checkpoint_path, map_location=ctx.device)
+        state = load_checkpoint(checkpoint_path)  # on the CPU: RNG states must stay there; weights are copied over
         _check_resumable(state, meta, checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
