@@ -40,7 +40,7 @@ class RunLog:
         self.out_dir, self.total, self.batch_size, self.interval = out_dir, total, batch_size, interval
         self.active, self.class_names, self.log = active, class_names, log
         self.window = list(window or [])  # losses since the last row; the checkpoint keeps it for resume
-        self.window_started = time.perf_counter()
+        self.window_started, self.window_timed = time.perf_counter(), 0  # a restored window was timed by another process
         self.started, self.start = time.perf_counter(), start
         self.print_every = max(1, total // 20)
         self.writer, self.progress = None, None
@@ -64,12 +64,12 @@ class RunLog:
 
     def step(self, done: int, loss: float, lr: float, device: torch.device) -> None:
         self.window.append(loss)
+        self.window_timed += 1
         if not self.active:
             return
         final = done == self.total
         if done % self.interval == 0 or final:
-            elapsed = max(time.perf_counter() - self.window_started, 1e-9)
-            rate = len(self.window) / elapsed
+            rate = self.window_timed / max(time.perf_counter() - self.window_started, 1e-9)
             row = {"iteration": done, "loss": sum(self.window) / len(self.window), "lr": lr, "iterations_per_s": rate,
                    "images_per_s": rate * self.batch_size, "memory_mib": peak_memory_mib(device)}
             _append_csv(self.out_dir / TRAIN_LOG_FILE, row, TRAIN_COLUMNS)
@@ -77,12 +77,11 @@ class RunLog:
                 for key, value in row.items():
                     if key != "iteration" and value is not None:
                         self.writer.add_scalar(f"train/{key}", value, done)
-            self.window, self.window_started = [], time.perf_counter()
+            self.window, self.window_started, self.window_timed = [], time.perf_counter(), 0
+        rate = (done - self.start) / max(time.perf_counter() - self.started, 1e-9)
         if self.progress is not None:
-            rate = (done - self.start) / max(time.perf_counter() - self.started, 1e-9)
             self.progress.update(self.task, completed=done, stats=f"loss {loss:.4f}  lr {lr:.3g}  {rate:.2f} it/s")
         if done % self.print_every == 0 or final:
-            rate = (done - self.start) / max(time.perf_counter() - self.started, 1e-9)
             self.log(f"iter {done}/{self.total} loss {loss:.4f} lr {lr:.3g} ({rate:.2f} it/s)")
 
     def evaluation(self, record: dict[str, Any]) -> None:
