@@ -114,3 +114,9 @@ def test_training_checkpoints_hold_only_weights_only_data(tmp_path):
     for name in ("checkpoint.pt", "best.pt", "weights.pt"):
         assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / name) == [], name
         torch.load(tmp_path / name, weights_only=True)
+
+
+def test_a_bare_tensor_given_as_supernet_is_a_clean_error(tmp_path, capsys):
+    torch.save(torch.zeros(2), tmp_path / "tensor.pt")
+    assert run_cli(["rank-check", "--supernet", str(tmp_path / "tensor.pt"), "--data", DATA, "--device", "cpu"]) == 2
+    assert "is not a supernet checkpoint" in capsys.readouterr().err

@@ -134,6 +134,8 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu"):
     from hrvit_space.supernet import HRViTSupernet
 
     state = load_checkpoint(path)
+    if not isinstance(state, dict):  # e.g. a bare tensor: reported below as not a supernet checkpoint
+        state = {}
     if state.get("format") == "hrvit-nas-supernet":
         space_dict, recipe_dict, weights = state["space"], state["recipe"], state["model"]
     elif state.get("format") == "hrvit-nas-train" and "space" in state.get("meta", {}):
