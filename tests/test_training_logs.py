@@ -48,6 +48,13 @@ def test_csv_and_tensorboard_logs_hold_the_logged_scalars(tmp_path):
     assert [value for _, value in scalars["val_iou/background"]] == pytest.approx([float(r["iou.background"]) for r in history])
 
 
+def test_without_tensorboard_installed_the_csv_log_is_still_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what `import` sees when the extra is missing
+    train(tiny_config(), tiny_recipe(iterations=2), tmp_path, log_interval=1, **QUIET)
+    assert [int(r["iteration"]) for r in read_csv(tmp_path / "train_log.csv")] == [1, 2]
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_best_checkpoint_and_keep_last(tmp_path):
     recipe = tiny_recipe(iterations=8, eval_interval=2, checkpoint_interval=2, lr=5e-3, warmup_iters=2)
     train(tiny_config(), recipe, tmp_path, keep_last=2, **QUIET)
