@@ -1,21 +1,22 @@
-"""Forward latency of HRViT b1/b2/b3: this implementation vs a reference-style one, side by side.
+"""Forward latency of HRViT b1/b2/b3 with the SegFormer head: this implementation vs a reference-style one.
 
 The reference-style baseline shares every weight with our model and computes it the way the reference
 code (facebookresearch/HRViT) does: contiguous NCHW maps for the stem, fusion and head; per branch a
 patch embedding that flattens and transposes to tokens (B, N, C) before its LayerNorm; blocks on
 (B, N, C) tokens with transposes around every conv and the DES linears, strips built with permutes,
 full attention matrices materialised, the padding mask rebuilt on every call (the reference keeps
-an lru_cache of 4 entries keyed per module, which the blocks of one forward keep evicting); and a
-contiguous NCHW copy of each branch at the end of a module.
+an lru_cache of 4 entries keyed per module, which the blocks of one forward keep evicting); a
+contiguous NCHW copy of each branch at the end of a module; plain nn.Linear / nn.Conv2d layers.
 
-Columns: ``ours`` is the plain model (its FLOPs are the architecture's); ``+foldBN`` adds BN folding;
+Columns: ``ours`` is the plain model (training-capable; its FLOPs are the architecture's);
 ``inference`` is ``optimize_for_inference`` (BN folded, SegFormer fuse conv merged into the branch
-projections). Trials are interleaved (every variant once per round) and medians reported, so machine
-noise hits all variants alike. Outputs are checked equal first. Runs under ``torch.inference_mode``.
+projections). For each input size and model the three run interleaved (each once per round) at every
+thread count, medians reported, so machine noise hits all alike. Outputs are checked equal first. Runs
+under ``torch.inference_mode``. Goals: ours >= 1.6x, inference >= 2x the reference-style model.
 
-    python benchmarks/model_speed.py                 # b1, b2, b3 at 512x512
-    python benchmarks/model_speed.py --size 224
-    python benchmarks/model_speed.py --quick         # b1 at 224, few trials
+    python benchmarks/model_speed.py                          # b1, b2, b3 x 512, 224 x 1, 2 threads
+    python benchmarks/model_speed.py --sizes 224 --threads 2  # a subset
+    python benchmarks/model_speed.py --quick                  # smoke run: b1 at 224, 2 trials
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrvit_space import build_model, fold_batchnorm, optimize_for_inference, preset
+from hrvit_space import build_model, optimize_for_inference, preset
+from hrvit_space.layers import Conv1x1, TokenLinear
 from hrvit_space.model import Block, Branch, HRViT
+
+GOALS = {"ours": 1.6, "inference": 2.0}
 
 
 class ReferenceStyleBlock(nn.Module):
@@ -121,7 +125,7 @@ class ReferenceStyleHRViT(nn.Module):
 
     def __init__(self, model: HRViT) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model)
+        self.model = plain_layers(copy.deepcopy(model))
         for stage in self.model.stages:
             stage.branches = nn.ModuleList(ReferenceStyleBranch(branch) for branch in stage.branches)
 
@@ -130,6 +134,21 @@ class ReferenceStyleHRViT(nn.Module):
         for stage in self.model.stages:
             xs = stage(xs)
         return self.model.head(xs)
+
+
+def plain_layers(module: nn.Module) -> nn.Module:
+    """Swap our oneDNN-routed 1x1 convs and token linears for plain nn.Conv2d / nn.Linear (same parameters)."""
+    for name, child in module.named_children():
+        if isinstance(child, Conv1x1):
+            plain = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None)
+        elif isinstance(child, TokenLinear):
+            plain = nn.Linear(child.in_features, child.out_features)
+        else:
+            plain_layers(child)
+            continue
+        plain.weight, plain.bias = child.weight, child.bias
+        setattr(module, name, plain)
+    return module
 
 
 def randomise_bn(model: nn.Module) -> nn.Module:
@@ -153,45 +172,62 @@ def timed(model: nn.Module, x: Tensor) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def candidates(name: str, size: int, device: torch.device) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    ours = randomise_bn(build_model(preset(name, input_size=(size, size)))).eval().to(device)
+    return {"reference-style": ReferenceStyleHRViT(ours), "ours": ours, "inference": optimize_for_inference(copy.deepcopy(ours))}
+
+
+def check_outputs(name: str, models: dict[str, nn.Module], x: Tensor) -> None:
+    expected = models["reference-style"](x)
+    for key, model in models.items():
+        error = (model(x) - expected).abs().max().item() / expected.abs().max().item()
+        assert error < 1e-4, f"{name} {key}: outputs differ from the reference-style model (rel. error {error:.2e})"
+
+
+def load() -> str:
+    return "{:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["b1", "b2", "b3"], choices=["b1", "b2", "b3"])
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[512, 224])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="CPU thread counts, each measured")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--trials", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2, help="fixed CPU thread count")
+    parser.add_argument("--trials", type=int, default=5, help="interleaved rounds per row, after one warm-up round")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="b1 at 224, 3 trials")
+    parser.add_argument("--quick", action="store_true", help="smoke run: b1 at 224, 2 trials")
     args = parser.parse_args()
     if args.quick:
-        args.variants, args.size, args.trials = ["b1"], 224, 3
-    torch.set_num_threads(args.threads)
+        args.variants, args.sizes, args.trials = ["b1"], [224], 2
     device = torch.device(args.device)
-    load = " load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    print(f"device={device} threads={args.threads} input={args.batch}x3x{args.size}x{args.size} trials={args.trials} (medians, ms){load}")
-    print(f"{'variant':8} {'reference-style':>16} {'ours':>8} {'+foldBN':>8} {'inference':>10}   speed-up: {'ours':>6} {'+foldBN':>8} {'inference':>9}")
-    for name in args.variants:
-        torch.manual_seed(0)
-        ours = randomise_bn(build_model(preset(name, input_size=(args.size, args.size)))).eval().to(device)
-        baseline = ReferenceStyleHRViT(ours)
-        folded = fold_batchnorm(copy.deepcopy(ours))
-        inference = optimize_for_inference(copy.deepcopy(ours))
-        x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-        variants = {"reference-style": baseline, "ours": ours, "+foldBN": folded, "inference": inference}
-        times: dict[str, list[float]] = {key: [] for key in variants}
-        with torch.inference_mode():
-            expected = baseline(x)
-            for key, model in variants.items():
-                out = model(x)
-                error = (out - expected).abs().max().item() / expected.abs().max().item()
-                assert error < 1e-4, f"{name} {key}: outputs differ from the reference-style model (rel. error {error:.2e})"
-            for _ in range(args.trials):
-                for key, model in variants.items():
-                    times[key].append(timed(model, x))
-        ms = {key: statistics.median(values) for key, values in times.items()}
-        ratios = {key: ms["reference-style"] / ms[key] for key in ("ours", "+foldBN", "inference")}
-        print(f"{name:8} {ms['reference-style']:16.1f} {ms['ours']:8.1f} {ms['+foldBN']:8.1f} {ms['inference']:10.1f}   "
-              f"          {ratios['ours']:5.2f}x {ratios['+foldBN']:7.2f}x {ratios['inference']:8.2f}x", flush=True)
+    began = time.perf_counter()
+    print(f"device={device} batch={args.batch} trials={args.trials} medians in ms, load average at start {load()}")
+    print("| input | model | threads | reference-style | ours | inference | ratio ours | ratio inference | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for name in args.variants:
+            models = candidates(name, size, device)
+            x = torch.randn(args.batch, 3, size, size, device=device)
+            with torch.inference_mode():
+                check_outputs(name, models, x)
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    times: dict[str, list[float]] = {key: [] for key in models}
+                    for trial in range(args.trials + 1):  # round 0 warms up the new thread count
+                        for key, model in models.items():
+                            ms = timed(model, x)
+                            if trial:
+                                times[key].append(ms)
+                    median = {key: statistics.median(values) for key, values in times.items()}
+                    ratio = {key: median["reference-style"] / median[key] for key in GOALS}
+                    marks = {key: "" if ratio[key] >= goal else " (below goal)" for key, goal in GOALS.items()}
+                    print(f"| {size} | {name} | {threads} | {median['reference-style']:.0f} | {median['ours']:.0f} | "
+                          f"{median['inference']:.0f} | {ratio['ours']:.2f}x{marks['ours']} | "
+                          f"{ratio['inference']:.2f}x{marks['inference']} | {load()} |", flush=True)
+    goals = ", ".join(f"{key} >= {goal}x" for key, goal in GOALS.items())
+    print(f"goals: {goals}; took {(time.perf_counter() - began) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrvit_space.layers import LinearBN, to_nchw, to_nhwc
+from hrvit_space.layers import LinearBN, TokenLinear, to_nchw, to_nhwc
 
 
 @functools.lru_cache(maxsize=64)
@@ -57,7 +57,7 @@ class CrossShapedAttention(nn.Module):
         self.head_dim = min(half, dim_head)  # a half narrower than dim_head becomes one head
         self.heads = half // self.head_dim  # per direction
         self.window_size = window_size
-        self.qv = nn.Linear(dim, 2 * dim)
+        self.qv = TokenLinear(dim, 2 * dim)
         self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.proj = LinearBN(dim, dim, zero_init_bn=True)
 

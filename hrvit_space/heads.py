@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.config import HeadConfig
-from hrvit_space.layers import ConvBN
+from hrvit_space.layers import Conv1x1, ConvBN
 
 
 class SegFormerHead(nn.Module):
@@ -17,10 +17,10 @@ class SegFormerHead(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], head: HeadConfig) -> None:
         super().__init__()
-        self.proj = nn.ModuleList(nn.Conv2d(c, head.width, 1) for c in in_channels)
+        self.proj = nn.ModuleList(Conv1x1(c, head.width) for c in in_channels)
         self.fuse = ConvBN(head.width * len(in_channels), head.width, bias=False)
         self.dropout = nn.Dropout2d(head.dropout)
-        self.classifier = nn.Conv2d(head.width, head.num_classes, 1)
+        self.classifier = Conv1x1(head.width, head.num_classes)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         size = features[0].shape[-2:]
@@ -45,7 +45,7 @@ class MergedSegFormerHead(nn.Module):
         slices = fuse.weight.detach().flatten(1).split(width, dim=1)
         self.proj = nn.ModuleList()
         for b, (proj, fuse_slice) in enumerate(zip(head.proj, slices)):
-            merged = nn.Conv2d(proj.in_channels, width, 1)
+            merged = Conv1x1(proj.in_channels, width)
             with torch.no_grad():
                 merged.weight.copy_((fuse_slice @ proj.weight.flatten(1)).view_as(merged.weight))
                 merged.bias.copy_(fuse_slice @ proj.bias)

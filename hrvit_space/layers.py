@@ -32,13 +32,63 @@ def gelu_nchw(x: Tensor) -> Tensor:
     return to_nchw(F.gelu(to_nhwc(x)))
 
 
+# PyTorch runs nn.Linear, and a 1x1 convolution of one image on one thread, through BLAS sgemm; it picks
+# oneDNN only for dilated, strided or multi-threaded convolutions whose input is a batch or has more than
+# 20480 elements (``use_mkldnn`` in aten/src/ATen/native/ConvUtils.h). On the AMD EPYC dev machine MKL's
+# sgemm runs AVX2 code while oneDNN uses AVX-512: its 1x1 kernels took 1.9-3.6x less time at HRViT's shapes
+# (3136x64->512 tokens: 0.91 vs 3.25 ms, 1 thread). A 1x1 kernel ignores dilation, so dilation 2 picks
+# oneDNN without changing a number. Traces (fvcore counts, ONNX, TorchScript) keep the plain ops.
+_ONEDNN_MIN_ELEMENTS = 20480
+
+
+def _onednn_pays(x: Tensor) -> bool:
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and torch.backends.mkldnn.enabled
+            and (x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS))
+
+
+def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """1x1 convolution of a (B, C, H, W) map; ``weight`` is (C_out, C_in, 1, 1) or (C_out, C_in)."""
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    return F.conv2d(x, weight, bias, dilation=2 if _onednn_pays(x) else 1)
+
+
+def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` over the channels of (B, H, W, C) tokens, run as a 1x1 conv of their channels-last view
+    where oneDNN is faster; any other input goes to ``F.linear``."""
+    if _onednn_pays(x):
+        return to_nhwc(pointwise_conv(to_nchw(x), weight, bias))
+    return F.linear(x, weight, bias)
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 nn.Conv2d computed by ``pointwise_conv`` (same parameters, same outputs)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise_conv(x, self.weight, self.bias)
+
+
+class TokenLinear(nn.Linear):
+    """An nn.Linear computed by ``token_linear`` (same parameters, same outputs)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return token_linear(x, self.weight, self.bias)
+
+
 class ConvBN(nn.Module):
     """Conv2d followed by BatchNorm2d; ``fold()`` merges the BN into the conv for inference."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: int = 0, groups: int = 1, bias: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        pointwise = kernel_size == 1 and stride == 1 and padding == 0 and groups == 1
+        self.conv = (Conv1x1(in_channels, out_channels, bias) if pointwise
+                     else nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias))
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -56,7 +106,7 @@ class LinearBN(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, zero_init_bn: bool = False) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
+        self.linear = TokenLinear(in_features, out_features)
         self.bn: nn.Module = nn.BatchNorm1d(out_features)
         if zero_init_bn:  # the residual branch starts silent, as in the paper's recipe
             nn.init.zeros_(self.bn.weight)
@@ -123,29 +173,58 @@ class DES(nn.Module):
 
 
 class MixCFN(nn.Module):
-    """Linear -> [depthwise 3x3 | depthwise 5x5] on the two channel halves -> GELU -> Linear."""
+    """Linear -> [depthwise 3x3 | depthwise 5x5] on the two channel halves -> GELU -> Linear.
+
+    Both halves run as one depthwise 5x5 conv (the 3x3 kernels zero-padded): one kernel call, no channel
+    split, no concat of activations. Outside autograd the packed weights are built once and reused until
+    a parameter changes (in-place updates bump ``_version``; ``.to()`` and friends go through ``_apply``);
+    under autograd they are packed on every call so gradients reach the parameters.
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         if hidden % 2:
             raise ConfigError(f"mlp_ratios: hidden width {hidden} of a {dim}-channel MixCFN is odd; allowed: ratio x channels even")
         half = hidden // 2
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = TokenLinear(dim, hidden)
         self.conv3 = nn.Conv2d(half, half, 3, padding=1, groups=half)
         self.conv5 = nn.Conv2d(half, half, 5, padding=2, groups=half)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = TokenLinear(hidden, dim)
+        self._packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (width and parameter versions, weights)
 
-    def weights(self) -> tuple[Tensor, ...]:
-        """The tensors the forward uses (an elastic subclass hands out slices of them)."""
-        return (self.fc1.weight, self.fc1.bias, self.conv3.weight, self.conv3.bias,
-                self.conv5.weight, self.conv5.bias, self.fc2.weight, self.fc2.bias)
+    @property
+    def hidden(self) -> int:
+        """The hidden width the forward computes."""
+        return self.fc1.out_features
+
+    def parts(self) -> dict[str, Tensor]:
+        """The parameters of a MixCFN of width ``hidden``, by state-dict name (an elastic subclass slices them)."""
+        return dict(self.named_parameters())
+
+    def packed(self) -> tuple[Tensor, ...]:
+        """fc1 weight and bias, the packed 5x5 kernel and its bias, fc2 weight and bias."""
+        params = list(self.parameters())
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or any(p.is_inference() for p in params):
+            return self._pack()  # autograd needs the graph; traces record it; inference tensors have no version
+        key = (self.hidden, tuple((p.data_ptr(), p._version) for p in params))
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, self._pack())
+        return self._packed[1]
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        p = self.parts()
+        kernel = torch.cat([F.pad(p["conv3.weight"], (1, 1, 1, 1)), p["conv5.weight"]])
+        bias = torch.cat([p["conv3.bias"], p["conv5.bias"]])
+        return p["fc1.weight"], p["fc1.bias"], kernel, bias, p["fc2.weight"], p["fc2.bias"]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # new storage (device, dtype): never reuse kernels packed from the old one
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
-        fc1_w, fc1_b, c3_w, c3_b, c5_w, c5_b, fc2_w, fc2_b = self.weights()
-        # Both halves in one depthwise 5x5 conv (3x3 kernels zero-padded): no channel split, no concat.
-        kernel = torch.cat([F.pad(c3_w, (1, 1, 1, 1)), c5_w])
-        h = F.conv2d(to_nchw(F.linear(x, fc1_w, fc1_b)), kernel, torch.cat([c3_b, c5_b]), padding=2, groups=kernel.shape[0])
-        return F.linear(F.gelu(to_nhwc(h)), fc2_w, fc2_b)
+        fc1_w, fc1_b, kernel, kernel_b, fc2_w, fc2_b = self.packed()
+        h = F.conv2d(to_nchw(token_linear(x, fc1_w, fc1_b)), kernel, kernel_b, padding=2, groups=kernel.shape[0])
+        return token_linear(F.gelu(to_nhwc(h)), fc2_w, fc2_b)
 
 
 class PatchEmbed(nn.Module):
@@ -153,7 +232,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, dim: int) -> None:
         super().__init__()
-        self.pw = nn.Conv2d(in_channels, dim, 1)
+        self.pw = Conv1x1(in_channels, dim)
         self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm = nn.LayerNorm(dim)
 

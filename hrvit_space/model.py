@@ -8,7 +8,7 @@ runs its HRViT blocks. Branch ``b`` works at stride ``4 * 2**b``.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +31,21 @@ from hrvit_space.layers import (
 STEM_WIDTH = 64
 
 
+def mlp_hidden(config: ArchConfig, branch: int) -> int:
+    """Hidden width of the MixCFNs of ``branch``: its ratio x its channels."""
+    return round(config.mlp_ratios[branch] * config.channels[branch])
+
+
 class Block(nn.Module):
     """x += DropPath(Attn(LN(x)) + DES(x));  x += DropPath(MixCFN(LN(x))).  Tokens are (B, H, W, C)."""
 
+    attn_cls: type[CrossShapedAttention] = CrossShapedAttention
     mlp_cls: type[MixCFN] = MixCFN
 
     def __init__(self, dim: int, dim_head: int, window_size: int, hidden: int, drop_path: float) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = CrossShapedAttention(dim, dim_head, window_size)
+        self.attn = self.attn_cls(dim, dim_head, window_size)
         self.des = DES(dim)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = self.mlp_cls(dim, hidden)
@@ -51,16 +57,22 @@ class Block(nn.Module):
 
 
 class Branch(nn.Module):
-    """One resolution inside a module: patch embedding, ``depth`` blocks, LayerNorm."""
+    """One resolution inside a module: patch embedding, blocks, LayerNorm."""
 
     block_cls: type[Block] = Block
 
-    def __init__(self, in_channels: int, dim: int, depth: int, dim_head: int, window_size: int,
-                 hidden: int, drop_rates: Sequence[float]) -> None:
+    def __init__(self, embed: PatchEmbed, blocks: Iterable[Block], norm: nn.LayerNorm) -> None:
         super().__init__()
-        self.embed = PatchEmbed(in_channels, dim)
-        self.blocks = nn.ModuleList(self.block_cls(dim, dim_head, window_size, hidden, drop_rates[k]) for k in range(depth))
-        self.norm = nn.LayerNorm(dim)
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = norm
+
+    @classmethod
+    def build(cls, in_channels: int, dim: int, depth: int, dim_head: int, window_size: int, hidden: int,
+              drop_rates: Sequence[float]) -> Branch:
+        """A branch of ``depth`` freshly initialised blocks."""
+        blocks = (cls.block_cls(dim, dim_head, window_size, hidden, drop_rates[k]) for k in range(depth))
+        return cls(PatchEmbed(in_channels, dim), blocks, nn.LayerNorm(dim))
 
     def run_blocks(self, x: Tensor) -> Tensor:
         for block in self.blocks:
@@ -126,8 +138,8 @@ class HRViTModule(nn.Module):
         fused = tuple(in_channels) + tuple(config.channels[len(in_channels):len(depths)])
         self.fusion = Fusion(in_channels, fused)
         self.branches = nn.ModuleList(
-            branch_cls(fused[b], config.channels[b], depth, config.dim_head, config.window_sizes[b],
-                       round(config.mlp_ratios[b] * config.channels[b]), drop_rates)
+            branch_cls.build(fused[b], config.channels[b], depth, config.dim_head, config.window_sizes[b],
+                             mlp_hidden(config, b), drop_rates)
             for b, depth in enumerate(depths)
         )
 

@@ -1,37 +1,62 @@
 """Weight-sharing HRViT supernet (OFA-style) over a SearchSpace.
 
-Built once at ``space.largest()``. ``set_active(config)`` makes it compute exactly that member:
-the first ``d`` blocks of each module-branch, any window size (attention weights do not depend on it),
-and the first ``r*C/2`` hidden channels of each MixCFN half. ``extract()`` hands out a standalone
-``HRViT`` with the sliced weights, whose outputs equal the active supernet's.
+Built once at ``space.largest()``. Each elastic module owns its active setting and hands out its
+active sub-module as a standalone copy (OFA's ``get_active_subnet``): an ``ElasticBranch`` runs its first
+``d`` blocks, an ``ElasticAttention`` any window size (its weights do not depend on it), an
+``ElasticMixCFN`` the first ``r*C/2`` hidden channels of each half. ``HRViTSupernet.set_active(config)``
+hands each module its setting; ``extract()`` assembles the modules' active sub-modules into a standalone
+``HRViT`` whose outputs equal the active supernet's.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import copy
+from typing import Iterable, Sequence
 
+import torch
+from torch import Tensor, nn
+
+from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.config import ArchConfig, ConfigError
-from hrvit_space.layers import MixCFN
-from hrvit_space.model import Block, Branch, HRViT
+from hrvit_space.layers import MixCFN, PatchEmbed
+from hrvit_space.model import Block, Branch, HRViT, mlp_hidden
 from hrvit_space.space import SearchSpace
 
 
+class ElasticAttention(CrossShapedAttention):
+    """Cross-shaped attention with a switchable window (its weights do not depend on it)."""
+
+    def set_active(self, window_size: int) -> None:
+        self.window_size = window_size
+
+    def active_subnet(self) -> CrossShapedAttention:
+        attn = CrossShapedAttention(self.qv.in_features, self.head_dim, self.window_size)
+        attn.load_state_dict(self.state_dict())
+        return attn.train(self.training)
+
+
 class ElasticMixCFN(MixCFN):
-    """MixCFN whose hidden width can shrink: each half keeps its first ``active_hidden / 2`` channels."""
+    """MixCFN whose hidden width can shrink: each half keeps its first ``active_hidden / 2`` channels.
+
+    The two kept row ranges of fc1 (columns of fc2) are copied into one tensor; like the packed
+    kernels, the copies are made once outside autograd and on every training forward.
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__(dim, hidden)
         self.active_hidden = hidden
 
-    def weights(self) -> tuple[Tensor, ...]:
-        return tuple(self.sliced_state(self.active_hidden).values())
+    @property
+    def hidden(self) -> int:
+        return self.active_hidden
 
-    def sliced_state(self, hidden: int) -> dict[str, Tensor]:
-        """The parameters of a standalone MixCFN of width ``hidden`` (state-dict names, forward order)."""
-        full, half = self.fc1.out_features // 2, hidden // 2
+    def set_active(self, hidden: int) -> None:
+        self.active_hidden = hidden
+
+    def parts(self) -> dict[str, Tensor]:
+        full, half = self.fc1.out_features // 2, self.active_hidden // 2
         if half == full:
-            return {name: p for name, p in self.named_parameters()}
+            return super().parts()
         rows = slice(0, half), slice(full, full + half)
         return {
             "fc1.weight": _cat_rows(self.fc1.weight, rows),
@@ -44,13 +69,31 @@ class ElasticMixCFN(MixCFN):
             "fc2.bias": self.fc2.bias,
         }
 
+    def active_subnet(self) -> MixCFN:
+        mlp = MixCFN(self.fc1.in_features, self.active_hidden)
+        mlp.load_state_dict(self.parts())
+        return mlp.train(self.training)
+
 
 def _cat_rows(tensor: Tensor, rows: tuple[slice, slice]) -> Tensor:
     return torch.cat([tensor[rows[0]], tensor[rows[1]]])
 
 
 class ElasticBlock(Block):
+    attn_cls = ElasticAttention
     mlp_cls = ElasticMixCFN
+
+    def set_active(self, window_size: int, hidden: int, drop_path: float) -> None:
+        self.attn.set_active(window_size)
+        self.mlp.set_active(hidden)
+        self.drop_path.rate = drop_path
+
+    def active_subnet(self) -> Block:
+        dim = self.attn_norm.normalized_shape[0]
+        block = Block(dim, self.attn.head_dim, self.attn.window_size, self.mlp.active_hidden, self.drop_path.rate)
+        block.attn_norm, block.des, block.mlp_norm = (copy.deepcopy(m) for m in (self.attn_norm, self.des, self.mlp_norm))
+        block.attn, block.mlp = self.attn.active_subnet(), self.mlp.active_subnet()
+        return block.train(self.training)
 
 
 class ElasticBranch(Branch):
@@ -58,14 +101,24 @@ class ElasticBranch(Branch):
 
     block_cls = ElasticBlock
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, embed: PatchEmbed, blocks: Iterable[ElasticBlock], norm: nn.LayerNorm) -> None:
+        super().__init__(embed, blocks, norm)
         self.active_depth = len(self.blocks)
+
+    def set_active(self, depth: int, window_size: int, hidden: int, drop_rates: Sequence[float]) -> None:
+        """``drop_rates``: the member's per block index of this module (``ArchConfig.drop_path_rates``)."""
+        self.active_depth = depth
+        for k, block in enumerate(self.blocks):
+            block.set_active(window_size, hidden, drop_rates[k] if k < len(drop_rates) else 0.0)
 
     def run_blocks(self, x: Tensor) -> Tensor:
         for block in self.blocks[: self.active_depth]:
             x = block(x)
         return x
+
+    def active_subnet(self) -> Branch:
+        blocks = [block.active_subnet() for block in self.blocks[: self.active_depth]]
+        return Branch(copy.deepcopy(self.embed), blocks, copy.deepcopy(self.norm)).train(self.training)
 
 
 class HRViTSupernet(HRViT):
@@ -84,25 +137,24 @@ class HRViTSupernet(HRViT):
         rates = config.drop_path_rates()
         for m, stage in enumerate(self.stages):
             for b, branch in enumerate(stage.branches):
-                branch.active_depth = config.depths[m][b]
-                for k, block in enumerate(branch.blocks):
-                    block.attn.window_size = config.window_sizes[b]
-                    block.mlp.active_hidden = round(config.mlp_ratios[b] * config.channels[b])
-                    block.drop_path.rate = rates[m][k] if k < len(rates[m]) else 0.0
+                branch.set_active(config.depths[m][b], config.window_sizes[b], mlp_hidden(config, b), rates[m])
         self.active_config = config
 
     def extract(self, config: ArchConfig | None = None) -> HRViT:
-        """A standalone HRViT of ``config`` (default: the active one) holding copies of the shared weights."""
-        config = config or self.active_config
-        self._check_member(config)
-        subnet = HRViT(config)
-        state = self.state_dict()
-        targets = dict(subnet.named_modules())
-        for name, module in self.named_modules():
-            if isinstance(module, ElasticMixCFN) and name in targets:
-                sliced = module.sliced_state(targets[name].fc1.out_features)
-                state.update({f"{name}.{key}": value for key, value in sliced.items()})
-        subnet.load_state_dict({key: state[key].detach().clone() for key in subnet.state_dict()})
+        """A standalone HRViT of ``config`` (default: the active one) holding copies of the shared weights.
+
+        Each elastic module hands out its active sub-module; the supernet stays active at its own config.
+        """
+        active = self.active_config
+        self.set_active(config or active)
+        try:
+            subnet = HRViT(self.active_config)
+            subnet.stem, subnet.head = copy.deepcopy(self.stem), copy.deepcopy(self.head)
+            for own, stage in zip(subnet.stages, self.stages):
+                own.fusion = copy.deepcopy(stage.fusion)
+                own.branches = nn.ModuleList(branch.active_subnet() for branch in stage.branches)
+        finally:
+            self.set_active(active)
         return subnet.train(self.training)
 
     def _check_member(self, config: ArchConfig) -> None:

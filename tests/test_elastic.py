@@ -1,0 +1,173 @@
+"""Elastic modules hand out their active sub-module; MixCFN packs its kernels once; oneDNN-routed layers
+compute what nn.Linear / nn.Conv2d compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrvit_space.attention import CrossShapedAttention
+from hrvit_space.layers import Conv1x1, MixCFN, TokenLinear
+from hrvit_space.model import Block, Branch, HRViT
+from hrvit_space.supernet import ElasticAttention, ElasticBlock, ElasticBranch, ElasticMixCFN, HRViTSupernet
+from tests.test_model import one_thread, randomise  # noqa: F401  (autouse fixture)
+from tests.test_supernet import tiny_space
+
+DIM, HIDDEN = 16, 48
+
+
+def tokens(batch: int = 2, height: int = 7, width: int = 9, dim: int = DIM, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, height, width, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------- active sub-modules
+@pytest.mark.parametrize("hidden", [16, 32, HIDDEN])
+def test_elastic_mixcfn_hands_out_a_standalone_mixcfn_of_its_width(hidden):
+    elastic = randomise(ElasticMixCFN(DIM, HIDDEN)).eval()
+    elastic.set_active(hidden)
+    subnet = elastic.active_subnet()
+    assert type(subnet) is MixCFN and subnet.fc1.out_features == hidden
+    assert sum(p.numel() for p in subnet.parameters()) == sum(p.numel() for p in MixCFN(DIM, hidden).parameters())
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), elastic(x))
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_elastic_attention_hands_out_an_attention_with_its_window(window):
+    elastic = randomise(ElasticAttention(DIM, 4, 3)).eval()
+    elastic.set_active(window)
+    subnet = elastic.active_subnet()
+    assert type(subnet) is CrossShapedAttention and subnet.window_size == window and subnet.heads == elastic.heads
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), elastic(x))
+
+
+def test_elastic_block_hands_out_a_block_of_its_setting():
+    elastic = randomise(ElasticBlock(DIM, 4, 3, HIDDEN, 0.0)).eval()
+    elastic.set_active(window_size=2, hidden=32, drop_path=0.25)
+    subnet = elastic.active_subnet()
+    assert type(subnet) is Block and type(subnet.attn) is CrossShapedAttention and type(subnet.mlp) is MixCFN
+    assert (subnet.attn.window_size, subnet.mlp.fc1.out_features, subnet.drop_path.rate) == (2, 32, 0.25)
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), elastic(x))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_elastic_branch_hands_out_its_first_blocks(depth):
+    elastic = randomise(ElasticBranch.build(8, DIM, 3, 4, 3, HIDDEN, [0.0, 0.1, 0.2])).eval()
+    elastic.set_active(depth, window_size=2, hidden=32, drop_rates=[0.0, 0.1, 0.2][:depth])
+    subnet = elastic.active_subnet()
+    assert type(subnet) is Branch and len(subnet.blocks) == depth
+    assert [block.drop_path.rate for block in subnet.blocks] == [0.0, 0.1, 0.2][:depth]
+    x = torch.randn(2, 8, 7, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), elastic(x))
+
+
+@pytest.mark.parametrize("member", ["smallest", "largest", 3, 7])
+def test_extract_hands_out_the_active_member_in_train_mode_too(member):
+    """In train mode (BN on batch statistics) the extracted member still computes what the supernet does."""
+    supernet = randomise(HRViTSupernet(tiny_space()), seed=3).train()
+    space = supernet.space
+    config = getattr(space, member)() if isinstance(member, str) else space.sample(member)
+    supernet.set_active(config)
+    subnet = supernet.extract()
+    assert subnet.training and subnet.config == config
+    assert all(type(m) is not cls for m in subnet.modules() for cls in (ElasticBranch, ElasticBlock, ElasticMixCFN, ElasticAttention))
+    assert [[b.drop_path.rate for b in branch.blocks] for stage in subnet.stages for branch in stage.branches] == \
+        [[b.drop_path.rate for b in branch.blocks] for stage in HRViT(config).stages for branch in stage.branches]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    outputs = []
+    for model in (subnet, supernet):  # the same random drop-path and dropout masks for both
+        torch.manual_seed(0)
+        outputs.append(model(x))
+    torch.testing.assert_close(*outputs, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- MixCFN packed kernels
+def test_mixcfn_packs_its_kernels_once_outside_autograd():
+    mlp = randomise(MixCFN(DIM, HIDDEN)).eval()
+    with torch.no_grad():
+        first = mlp.packed()
+        again = mlp.packed()
+    with torch.inference_mode():
+        inside = mlp.packed()
+    assert again[2] is first[2] and inside[2] is first[2]
+    assert first[2].shape == (HIDDEN, 1, 5, 5)
+    torch.testing.assert_close(first[2][: HIDDEN // 2, :, 1:-1, 1:-1], mlp.conv3.weight)
+    assert (first[2][: HIDDEN // 2, :, 0] == 0).all()
+
+
+def test_mixcfn_repacks_after_an_optimizer_step_and_a_dtype_change():
+    mlp = randomise(MixCFN(DIM, HIDDEN))
+    x = tokens()
+    with torch.no_grad():
+        before = mlp(x)
+    mlp(x).square().mean().backward()
+    torch.optim.SGD(mlp.parameters(), lr=1.0).step()
+    with torch.no_grad():
+        after = mlp(x)
+        fresh = MixCFN(DIM, HIDDEN)
+        fresh.load_state_dict(mlp.state_dict())
+        torch.testing.assert_close(after, fresh(x))
+        assert not torch.allclose(after, before)
+        mlp.double()
+        assert mlp(x.double()).dtype == torch.float64
+
+
+def test_elastic_mixcfn_repacks_when_its_width_changes():
+    mlp = randomise(ElasticMixCFN(DIM, HIDDEN)).eval()
+    x = tokens()
+    with torch.no_grad():
+        for hidden in (16, HIDDEN, 16):
+            mlp.set_active(hidden)
+            assert mlp.packed()[2].shape[0] == hidden
+            torch.testing.assert_close(mlp(x), mlp.active_subnet()(x))
+
+
+def test_mixcfn_built_in_inference_mode_runs_without_version_counters():
+    with torch.inference_mode():
+        mlp = MixCFN(DIM, HIDDEN)
+        assert mlp(tokens()).shape == (2, 7, 9, DIM)
+
+
+def test_mixcfn_gradients_reach_both_kernel_halves():
+    mlp = randomise(MixCFN(DIM, HIDDEN))
+    with torch.no_grad():
+        mlp.packed()  # a cached pack must not stand in for the parameters under autograd
+    mlp(tokens()).square().mean().backward()
+    assert mlp.conv3.weight.grad.abs().sum() > 0 and mlp.conv5.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- oneDNN-routed layers
+@pytest.mark.parametrize("shape", [(1, 56, 56, 16), (3, 5, 7, 16), (1, 4, 4, 16)])  # oneDNN, oneDNN (batch), BLAS
+def test_token_linear_and_conv1x1_equal_the_plain_layers_with_gradients(shape):
+    linear = TokenLinear(16, 24)
+    plain = nn.Linear(16, 24)
+    plain.load_state_dict(linear.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    torch.testing.assert_close(linear(x), plain(x), rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(linear(x).square().sum(), [x, linear.weight])
+    expected = torch.autograd.grad(plain(x).square().sum(), [x, plain.weight])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    conv = Conv1x1(16, 24)
+    nchw = x.detach().permute(0, 3, 1, 2)
+    torch.testing.assert_close(conv(nchw), F.conv2d(nchw, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: what the exporters still use
+def test_large_single_image_pointwise_layers_run_on_onednn_and_traces_keep_plain_ops():
+    """The speed-up: one image on one thread would go to BLAS for nn.Linear and a 1x1 nn.Conv2d."""
+    linear, x = TokenLinear(16, 24), torch.randn(1, 56, 56, 16)
+    with torch.profiler.profile() as prof, torch.no_grad():
+        linear(x)
+    assert "aten::mkldnn_convolution" in {event.key for event in prof.key_averages()}
+    traced = torch.jit.trace(linear, x)  # what fvcore counts and ONNX exports: the plain op
+    assert "aten::linear" in str(traced.graph) and "conv" not in str(traced.graph)
