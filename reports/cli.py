@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--trial", type=int, help="trial number")
     which.add_argument("--pick", metavar="SELECTOR", help=SELECTOR_HELP)
     export.add_argument("--out", required=True, type=Path, help="bundle directory (must not exist unless --force)")
-    export.add_argument("--force", action="store_true", help="replace an existing --out")
+    export.add_argument("--force", action="store_true", help="replace an existing --out (only an earlier export bundle)")
     export.add_argument("--data", metavar="SPEC", help="training dataset for train.yaml, as for `hrvit-nas train --data` "
                         "(e.g. ade20k:/data/ADEChallengeData2016); default: ade20k for 150 classes, cityscapes for 19, root set at train time")
     export.add_argument("--supernet", type=Path, help="supernet checkpoint: write weights.pt sliced from it")
@@ -40,6 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--onnx", action="store_true", help="also write model.onnx (checked with onnxruntime)")
     export.add_argument("--torchscript", action="store_true", help="also write model.ts (checked against PyTorch)")
     export.set_defaults(func=export_command)
+
+
+def train_hint(bundle: Path, data: str | None) -> str:
+    """The command that trains an exported bundle: without ``--data`` at export, train.yaml names the
+    dataset kind but not where it lives, so the command must say it."""
+    if data:
+        return f"hrvit-nas train {bundle}"
+    from training.recipe import TrainRecipe
+
+    kind = TrainRecipe.load(bundle / "train.yaml").dataset["kind"]
+    return f"hrvit-nas train {bundle} --data {kind}:/path/to/{kind}"
 
 
 def _study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,5 +83,5 @@ def export_command(args: argparse.Namespace) -> int:
     for bundle in export_trials(data, numbers, args.out, options):
         print(f"wrote {bundle}")
     if len(numbers) == 1:
-        print(f"train it: hrvit-nas train {args.out}")
+        print(f"train it: {train_hint(args.out, args.data)}")
     return 0

@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import shutil
-import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ def export_trials(data: StudyData, numbers: list[int], out_dir: str | Path, opti
     supernet = _load_supernet(options) if options.supernet else None
     calibration = calibration_batches(options, trial_config(trials[numbers[0]]).input_size) if supernet else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.staging"
+    staging.mkdir()  # unlike tempfile.mkdtemp (0700), mkdir honours the user's umask like every other output
     try:
         single = len(numbers) == 1
         bundles = []
@@ -81,7 +83,7 @@ def export_trials(data: StudyData, numbers: list[int], out_dir: str | Path, opti
             bundles.append(out_dir if single else out_dir / bundle.name)
         if not single:
             rows = data.trials[data.trials["number"].isin(numbers)].sort_values("number")
-            atomic_write_text(staging / "variants.csv", rows.drop(columns=["config_json"], errors="ignore").to_csv(index=False))
+            atomic_write_text(staging / VARIANTS_FILE, rows.drop(columns=["config_json"], errors="ignore").to_csv(index=False))
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -275,6 +277,11 @@ def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path])
         inside = [p for p in protected if Path(p).absolute() == out_dir or out_dir in Path(p).absolute().parents]
         if inside:
             raise ExportError(f"--out {str(out_dir)!r} holds {str(inside[0])!r}, which --force would delete; choose another --out")
+        if not is_export_bundle(out_dir):
+            raise ExportError(
+                f"--out {str(out_dir)!r} is not an export bundle (it holds files `hrvit-nas export` does not write); "
+                "--force only replaces bundles: choose another --out, or move it away yourself"
+            )
     if options.calib_batches < 1:
         raise ExportError(f"--calib-batches {options.calib_batches}: must be a positive number of batches")
     if (options.supernet is None) != (options.calib_data is None):
@@ -286,6 +293,21 @@ def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path])
     for spec in (options.data, options.calib_data):
         if spec is not None:
             DatasetSpec.parse(spec)  # a malformed spec fails before any work
+
+
+BUNDLE_FILES = frozenset({"config.yaml", "train.yaml", "metrics.json", "weights.pt", "model.onnx", "model.ts"})
+VARIANTS_FILE = "variants.csv"
+
+
+def is_export_bundle(path: Path) -> bool:
+    """What ``--force`` may replace: a directory holding only what an export writes (one bundle, or
+    ``variants.csv`` with ``trial_<N>`` bundles), so nothing of the user's is ever deleted."""
+    if not path.is_dir():
+        return False
+    names = {child.name for child in path.iterdir()}
+    if VARIANTS_FILE in names:
+        return all(name == VARIANTS_FILE or (re.fullmatch(r"trial_\d+", name) and is_export_bundle(path / name)) for name in names)
+    return {"config.yaml", "train.yaml", "metrics.json"} <= names <= BUNDLE_FILES
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

@@ -23,8 +23,8 @@ img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
 table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 th { background: #f4f4f4; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; }
 .scroll { overflow-x: auto; }
+table.settings td { text-align: left; font-family: ui-monospace, monospace; }
 """
 
 
@@ -49,9 +49,10 @@ def render_html(data: StudyData, figures: dict[str, list[Path]], tables: dict[st
         table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
         sections.append(f'<h2>Table: {html.escape(name)}</h2>\n<div class="scroll">{table}</div>')
     sections.append("<h2>Device fingerprint</h2>")
-    sections += [_pre(fingerprint) for fingerprint in fingerprints(data)] or ["<p>(no trial recorded a fingerprint)</p>"]
+    sections += [_key_value_table(fingerprint) for fingerprint in fingerprints(data)] or ["<p>(no trial recorded a fingerprint)</p>"]
     sections.append("<h2>Study settings</h2>")
-    sections.append(_pre(data.settings))
+    sections.append(_key_value_table(data.settings))
+    sections.append(_download_link(data.settings, "settings.json"))
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -70,5 +71,22 @@ def fingerprints(data: StudyData) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _pre(value: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(value, indent=2, sort_keys=True, default=str))}</pre>"
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, text) rows: mappings and lists of mappings unfold, other lists stay one compact cell."""
+    if isinstance(value, dict) and value:
+        return [row for key in sorted(value) for row in flatten(value[key], f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return [row for i, item in enumerate(value) for row in flatten(item, f"{prefix}[{i}]")]
+    text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "), default=str)
+    return [(prefix, text)]
+
+
+def _key_value_table(value: dict[str, Any]) -> str:
+    frame = pd.DataFrame(flatten(value), columns=["key", "value"])
+    return f'<div class="scroll">{frame.to_html(index=False, border=0, classes="settings")}</div>'
+
+
+def _download_link(value: Any, file_name: str) -> str:
+    """The exact JSON, for scripts: a data URI keeps the page self-contained."""
+    encoded = base64.b64encode(json.dumps(value, indent=2, sort_keys=True, default=str).encode()).decode("ascii")
+    return f'<p><a download="{file_name}" href="data:application/json;base64,{encoded}">Download {file_name}</a></p>'

@@ -35,9 +35,12 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
+# Drawing order: the study's front stays visible above the baseline diamonds that may share its points.
+ZORDER = {"infeasible": 2, "feasible": 2, "baseline": 4, "pareto": 5}
 COLORS = {"infeasible": "#b5b5b5", "feasible": "#4c72b0", "pareto": "#d62728", "baseline": "#2ca02c", "budget": "#333333"}
 FORMATS = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 MAX_BREAKDOWN_TRIALS = 12
+BREAKDOWN_LEGEND_COLUMNS = 3
 JITTER_SEED = 0
 
 
@@ -143,7 +146,7 @@ def _scatter_trials(ax: Axes, data: StudyData, x: Metric, y: Metric, size: float
     for (label, group, marker), color in zip(groups, ("infeasible", "feasible", "pareto")):
         if len(group):
             ax.scatter(group[x.column], group[y.column], s=size, marker=marker, color=COLORS[color],
-                       label=f"{label} ({len(group)})", zorder=3 if color == "pareto" else 2)
+                       label=f"{label} ({len(group)})", zorder=ZORDER[color])
 
 
 def _front_2d(rows: pd.DataFrame, x: Metric, y: Metric) -> pd.DataFrame:
@@ -173,10 +176,27 @@ def _label_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
     if not len(rows):
         return
     ax.scatter(rows[x.column], rows[y.column], s=40, marker="D", facecolors="none", edgecolors=COLORS["baseline"],
-               linewidths=1.5, label="baselines", zorder=4)
+               linewidths=1.5, label="baselines", zorder=ZORDER["baseline"])
+    shown = data.complete.dropna(subset=[x.column, y.column])
+    middle = (shown[x.column].min() + shown[x.column].max()) / 2
     for _, row in rows.iterrows():
-        ax.annotate(f"HRViT-{row['baseline']}", (row[x.column], row[y.column]), xytext=(5, 4),
-                    textcoords="offset points", fontsize=8, color=COLORS["baseline"])
+        size = f", {row['params_m']:.3g} M params" if pd.notna(row.get("params_m")) else ""
+        right_half = row[x.column] > middle  # the label grows toward the plot's centre, never off the axes
+        ax.annotate(f"{baseline_label(row)}{size}", (row[x.column], row[y.column]), xytext=(-6 if right_half else 6, -10),
+                    textcoords="offset points", ha="right" if right_half else "left", fontsize=8,
+                    color=COLORS["baseline"], zorder=ZORDER["pareto"] + 1)
+
+
+def baseline_label(row: pd.Series) -> str:
+    """``HRViT-b3`` only when the trial is that preset; in a smaller space it is the nearest member, and
+    naming it after the preset alone would claim b3's accuracy and size for a much smaller network."""
+    from hrvit_space.config import preset
+
+    name = row["baseline"]
+    reference = preset(name).to_dict()
+    config = json.loads(row["config_json"])
+    same = all(value == reference.get(key) for key, value in config.items() if key not in ("name", "input_size"))
+    return f"HRViT-{name}" if same else f"nearest to HRViT-{name}"
 
 
 # ---------------------------------------------------------------------------------- hypervolume
@@ -322,11 +342,13 @@ def branch_breakdown_plot(data: StudyData) -> Figure | None:
             left += widths
         ax.set_title(title)
         ax.invert_yaxis()
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(parts), 5), frameon=False)
+        # Few columns keep each legend narrower than its panel, so neighbouring legends never overlap.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(parts), BREAKDOWN_LEGEND_COLUMNS),
+                  frameon=False)
     fig.suptitle(f"{data.name}: cost breakdown of the Pareto front and baselines")
     return fig
 
 
 def _trial_label(row: pd.Series) -> str:
     label = f"trial {int(row['number'])}"
-    return f"{label} (HRViT-{row['baseline']})" if isinstance(row.get("baseline"), str) else label
+    return f"{label} ({baseline_label(row)})" if isinstance(row.get("baseline"), str) else label

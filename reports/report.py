@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hrvit_nas.atomic import atomic_write_text
+from hrvit_nas.errors import UserError
 from reports.html import render_html
 from reports.plots import render_figures
 from reports.study_data import StudyData
@@ -22,6 +23,12 @@ class ReportFiles:
 def write_report(data: StudyData, out_dir: str | Path) -> ReportFiles:
     """Write ``figures/``, ``tables/`` and ``report.html`` under ``out_dir`` (files are replaced atomically)."""
     out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {str(out_dir)!r} is a file (or lies under one); give a directory for the report") from None
+    except OSError as error:
+        raise UserError(f"--out {str(out_dir)!r}: cannot create it ({error.strerror}); choose a writable directory") from None
     figures = render_figures(data, out_dir / "figures")
     tables = write_tables(data, out_dir / "tables")
     page = out_dir / "report.html"

@@ -128,13 +128,13 @@ def test_export_pareto_writes_one_bundle_per_front_member(study_url, data, tmp_p
 
 def test_export_refuses_to_overwrite_without_force(study_url, tmp_path, capsys):
     out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    assert export(study_url, "--pick", "fastest", "--out", str(out)) == 2
+    assert export(study_url, "--pick", "fastest", "--out", str(out)) == 0
+    first = (out / "metrics.json").read_text()
+    assert export(study_url, "--pick", "best accuracy", "--out", str(out)) == 2
     assert "exists; pass --force" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "precious"
-    assert export(study_url, "--pick", "fastest", "--out", str(out), "--force") == 0
-    assert not (out / "keep.txt").exists() and (out / "config.yaml").is_file()
+    assert (out / "metrics.json").read_text() == first
+    assert export(study_url, "--pick", "best accuracy", "--out", str(out), "--force") == 0  # a bundle of ours: replaced
+    assert (out / "metrics.json").read_text() != first
 
 
 def test_force_never_deletes_the_study_storage(tmp_path, capsys):

@@ -1,27 +1,35 @@
-"""Reports from a small real study: every figure type (headless), tables, the HTML page, determinism, CLI."""
+"""Reports from a small real study: every figure type (headless) and none misleading, tables, the HTML page,
+determinism, CLI."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
 import math
 import random
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from hrvit_space import ArchConfig, HeadConfig, SearchSpace
+from hrvit_space import ArchConfig, HeadConfig, SearchSpace, preset
 from search.records import pareto_trials
 from search.study import SearchSettings, load_or_create_study
 
 FINGERPRINT = {"device": "cpu", "cpu": "test-cpu", "torch": "2.13.0", "threads": 2}
 LATENCY_BUDGET_MS = 6.0
+BASELINES = {0: "b1", 3: "b3"}  # trial number -> the preset it stands in for (its nearest member of the space)
+COMPONENTS = ("stem", "patch_embed", "attention", "mixcfn", "des", "fusion", "norm", "head")
 
 
 def tiny_space() -> SearchSpace:
@@ -52,15 +60,16 @@ def fake_measurements(config: ArchConfig, rng: random.Random) -> dict:
     return {
         "params_m": params, "gmacs": gmacs, "gflops": 2 * gmacs, "latency_ms": latency, "latency_source": "measured",
         "energy_mj": 0.3 * latency, "accuracy": 1 - math.exp(-8 * params) + 0.02 * rng.random(),
-        "params_m_by_branch": per_branch,
-        "gmacs_by_branch": {k: v * 0.8 for k, v in per_branch.items()},
-        "gmacs_by_component": {"stem": 0.01, "attention": gmacs * 0.4, "mlp": gmacs * 0.5, "fusion": gmacs * 0.1 - 0.01},
+        # The profiler's keys: branches plus "shared" (stem, head), and its eight components.
+        "params_m_by_branch": {**per_branch, "shared": 0.1 * params},
+        "gmacs_by_branch": {**{k: v * 0.8 for k, v in per_branch.items()}, "shared": 0.1 * gmacs},
+        "gmacs_by_component": dict(zip(COMPONENTS, gmacs * np.array([0.02, 0.03, 0.3, 0.4, 0.02, 0.1, 0.03, 0.1]))),
     }
 
 
 def make_study(storage: str, name: str = "tiny", objectives=("accuracy", "latency", "energy"),
                budgets: dict | None = None, trials: int = 16, seed: int = 0, space: SearchSpace | None = None,
-               breakdowns: bool = True) -> optuna.Study:
+               breakdowns: bool = True, baselines: dict[int, str] | None = None) -> optuna.Study:
     """A study exactly as `hrvit-nas search` stores it (settings, user_attrs, constraints), with fake measurements."""
     budgets = {"max_latency_ms": LATENCY_BUDGET_MS} if budgets is None else budgets
     space = space or tiny_space()
@@ -79,8 +88,8 @@ def make_study(storage: str, name: str = "tiny", objectives=("accuracy", "latenc
             "config": config.to_dict(), "config_hash": config.content_hash(), "measurements": m,
             "fingerprint": FINGERPRINT, "estimator": settings.estimator, "feasible": not over, "violations": over,
         }
-        if number == 0:
-            user_attrs["baseline"] = "b1"
+        if number in (baselines or {0: "b1"}):
+            user_attrs["baseline"] = (baselines or {0: "b1"})[number]
         if number == trials - 1:  # one crashed trial, as the search records it
             user_attrs = {"config": config.to_dict(), "measurements": {}, "failure_reason": "RuntimeError: out of memory"}
             study.add_trial(create_trial(state=TrialState.FAIL, params=params, distributions=distributions, user_attrs=user_attrs))
@@ -95,7 +104,7 @@ def make_study(storage: str, name: str = "tiny", objectives=("accuracy", "latenc
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('study') / 'study.db'}"
-    make_study(url)
+    make_study(url, baselines=BASELINES)
     return url
 
 
@@ -123,12 +132,18 @@ EXPECTED_FIGURES = {
 }
 
 
-def test_every_figure_type_is_rendered_as_png_and_svg(report_dir):
+def test_every_figure_type_is_rendered_as_png_and_svg(report_dir, study_url):
+    from reports.plots import figure_builders
+    from reports.study_data import load_study_data
+
     figures = report_dir / "figures"
+    assert {name for name, _ in figure_builders(load_study_data("tiny", study_url))} == EXPECTED_FIGURES
     assert {p.stem for p in figures.glob("*.png")} == EXPECTED_FIGURES
     assert {p.stem for p in figures.glob("*.svg")} == EXPECTED_FIGURES
     for stem in EXPECTED_FIGURES:
         assert (figures / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(figures / f"{stem}.png")
+        assert (image[..., :3] < 0.8).mean() > 0.01, f"{stem} looks blank"
         root = ET.parse(figures / f"{stem}.svg").getroot()
         assert root.tag.endswith("svg")
     assert not list(figures.glob(".*"))  # no temporaries left behind
@@ -155,7 +170,8 @@ def test_pareto_plot_shows_feasibility_front_budget_and_baselines(study_url):
     assert len(budget_lines) == 1
     front_line = next(line for line in ax.get_lines() if line.get_label() == "front (this view)")
     assert max(front_line.get_xdata()) <= LATENCY_BUDGET_MS  # the front is drawn through feasible trials only
-    assert "HRViT-b1" in [text.get_text() for text in ax.texts]
+    params = data.complete.set_index("number").loc[0, "params_m"]
+    assert f"nearest to HRViT-b1, {params:.3g} M params" in [text.get_text() for text in ax.texts]
 
 
 def test_two_objective_study_has_no_pairwise_figure_and_front_equals_study_front(tmp_path):
@@ -239,7 +255,7 @@ def test_html_report_is_self_contained(report_dir):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "Table: trials" in page and "Table: pareto" in page and "<table" in page
     assert "test-cpu" in page  # the device fingerprint
-    assert "max_latency_ms" in page and "nsga2" in page  # the study settings
+    assert "<td>budgets.max_latency_ms</td>" in page and "<td>sampler</td>" in page  # the study settings
 
 
 def test_report_is_byte_identical_when_regenerated(study_url, report_dir, tmp_path):
@@ -266,3 +282,71 @@ def test_settings_record_matches_contract(study_url):
     settings = study_settings(open_study("tiny", study_url))
     assert [o["name"] for o in settings["objectives"]] == ["accuracy", "latency", "energy"]
     assert json.loads(json.dumps(settings["budgets"])) == {"max_latency_ms": LATENCY_BUDGET_MS}
+
+
+# ------------------------------------------------------------------------- figures that do not mislead
+@pytest.fixture(scope="module")
+def data(study_url):
+    from reports.study_data import load_study_data
+
+    return load_study_data("tiny", study_url)
+
+
+def test_baseline_label_names_the_nearest_member_and_its_real_size(data):
+    from reports.metrics import BY_COLUMN
+    from reports.plots import pareto_plot
+
+    texts = [t.get_text() for t in pareto_plot(data, BY_COLUMN["latency_ms"], BY_COLUMN["accuracy"]).axes[0].texts]
+    params = data.complete.set_index("number")["params_m"]
+    for number, name in BASELINES.items():
+        assert f"nearest to HRViT-{name}, {params[number]:.3g} M params" in texts
+    assert not any(re.fullmatch(r"HRViT-b\d", text) for text in texts)
+
+
+def test_baseline_label_is_the_preset_name_only_for_the_preset_itself():
+    from reports.plots import baseline_label
+
+    exact = pd.Series({"baseline": "b1", "config_json": preset("b1").replace(input_size=(256, 256)).to_json()})
+    assert baseline_label(exact) == "HRViT-b1"
+    near = pd.Series({"baseline": "b1", "config_json": preset("b1").replace(depths=((1,), (1, 1), (1, 1, 2), (1, 1, 2), (1, 1, 2, 2), (1, 1, 2, 2))).to_json()})
+    assert baseline_label(near) == "nearest to HRViT-b1"
+
+
+def test_pareto_markers_are_drawn_above_baseline_diamonds(data):
+    from reports.metrics import BY_COLUMN
+    from reports.plots import pareto_plot
+
+    for x in ("latency_ms", "params_m"):
+        ax = pareto_plot(data, BY_COLUMN[x], BY_COLUMN["accuracy"]).axes[0]
+        zorder = {c.get_label().split(" (")[0]: c.get_zorder() for c in ax.collections}
+        assert zorder["Pareto front"] > zorder["baselines"] > zorder["feasible"]
+
+
+def test_branch_breakdown_legends_do_not_overlap(data):
+    from reports.plots import branch_breakdown_plot, report_style
+
+    with report_style():
+        fig = branch_breakdown_plot(data)
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()
+        legends = [ax.get_legend().get_window_extent(renderer) for ax in fig.axes]
+        entries = [len(ax.get_legend().get_texts()) for ax in fig.axes]
+    assert len(legends) == 3 and max(entries) >= 7  # the profiler's components: attention, mixcfn, patch_embed, ...
+    for a, b in itertools.combinations(legends, 2):
+        assert not a.overlaps(b), (a, b)
+    page = fig.bbox
+    for box in legends:
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+
+
+def test_html_shows_settings_as_a_table_and_offers_the_json(data, report_dir):
+    page = (report_dir / "report.html").read_text()
+    assert "<pre>" not in page
+    section = page[page.index("<h2>Study settings</h2>"):]
+    assert re.search(r"<td>budgets\.max_latency_ms</td>\s*<td>6\.0</td>", section)
+    assert re.search(rf"<td>sampler</td>\s*<td>{data.settings['sampler']}</td>", section)
+    assert re.search(r"<td>objectives\[0\]\.name</td>\s*<td>accuracy</td>", section)
+    link = re.search(r'<a download="settings.json" href="data:application/json;base64,([A-Za-z0-9+/=]+)">', section)
+    assert json.loads(base64.b64decode(link.group(1))) == data.settings
+    fingerprint = page[page.index("<h2>Device fingerprint</h2>"):page.index("<h2>Study settings</h2>")]
+    assert re.search(r"<td>cpu</td>\s*<td>test-cpu</td>", fingerprint)
