@@ -59,12 +59,13 @@ class StopOnSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        if self.enabled and threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
@@ -94,11 +95,14 @@ def run_training(
     keep_last: int = 0,
     log_interval: int = 50,
     progress: bool = False,
+    save_on_signal: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Optimise ``model`` with ``step`` for ``recipe.iterations``; return the evaluation history.
 
     ``meta`` (e.g. config and recipe) is stored in the checkpoint; a resume refuses a different one.
+    ``save_on_signal`` is for runs worth resuming; a throw-away run inside another tool (a short-train
+    estimator in a search) leaves Ctrl-C to that tool.
     """
     ctx = ctx or init_distributed("auto")
     out_dir = Path(out_dir)
@@ -135,7 +139,7 @@ def run_training(
                      interval=log_interval, window=window, class_names=class_names, log=log)
     last_saved = start if resume else None
 
-    with StopOnSignal() as signals, contextlib.closing(run_log):
+    with StopOnSignal(save_on_signal) as signals, contextlib.closing(run_log):
         for iteration in range(start, recipe.iterations):
             trained.train()
             images, masks = next(stream)

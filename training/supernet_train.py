@@ -121,7 +121,7 @@ def train_supernet(
         recipe.save(out_dir / "train.yaml")
     meta = {"space": space.to_dict(), "recipe": recipe.to_dict(), "random_members": random_members, "distill": distill}
     run_training(supernet, recipe, out_dir, train_set, step, evaluate=evaluate, meta=meta, resume=resume,
-                 ctx=ctx, find_unused=True, log=log)
+                 ctx=ctx, find_unused=True, save_on_signal=True, log=log)
     path = out_dir / SUPERNET_FILE
     if ctx.is_main:
         save_checkpoint(path, {"format": "hrvit-nas-supernet", "space": space.to_dict(), "recipe": recipe.to_dict(),

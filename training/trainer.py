@@ -81,7 +81,7 @@ def train(
     meta = {"config": config.to_dict(), "recipe": recipe.to_dict()}
     history = run_training(model, recipe, out_dir, train_set, step, evaluate=evaluate, meta=meta, resume=resume, ctx=ctx,
                            class_names=getattr(val_set, "class_names", None), keep_last=keep_last,
-                           log_interval=log_interval, progress=progress, log=log)
+                           log_interval=log_interval, progress=progress, save_on_signal=True, log=log)
     if ctx.is_main:
         save_checkpoint(out_dir / WEIGHTS_FILE, model.state_dict())
     return history[-1] if history else {}
