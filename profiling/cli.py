@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32, fp16 (CUDA) or bf16, run as autocast in PyTorch runtimes (default fp32)")
     p.add_argument("--runtime", default="eager", choices=RUNTIMES, help="what executes the model (default eager PyTorch)")
     p.add_argument("--energy", action="store_true", help="measure energy per image (NVML on CUDA, RAPL on CPU)")
-    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the latency measurement")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the latency and memory measurements (counts only)")
     p.add_argument("--channels-last", action="store_true", help="run in channels-last memory format")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU intra-op threads (default: the cores this process may use, or $HRVIT_NAS_THREADS)")

@@ -4,9 +4,14 @@ A fixed reference kernel (a small fp32 matmul at the measurement's thread count)
 with the measured model, round by round, so it sees the same contention over the same seconds. Its
 median is compared with the quiet baseline of this machine (the fastest reference median ever seen
 here at that thread count, kept in a small JSON file next to the profile cache). Time-slicing by other
-processes slows both alike: on a 2-core host, 4 busy-loop processes made b1 14.6x slower and the
-reference as much, so a reference median more than ``CONTENDED_RATIO`` above its baseline flags the
-measurement ``contended``. Load average and CPU steal are recorded beside it to explain the flag.
+processes slows both alike (on a 2-core host 4 busy-loop processes made b1 14.6x slower), so a reference
+more than ``CONTENDED_RATIO`` above its baseline (20% trimmed mean over its trials: contention in a
+fifth of the trials shows before it moves a median, one stray hiccup does not) flags the measurement.
+
+Contention is bursty, so a reference can slip between another process's time slices; the kernel's own
+account is exact: ``/proc/self/task/*/schedstat`` holds the time each of our threads spent runnable
+but waiting for a core. More than ``CONTENDED_WAIT`` of the timed thread-seconds spent waiting also
+flags the measurement ``contended``. Load average and CPU steal are recorded beside both.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 from hrvit_nas.atomic import atomic_write_text
 
 CONTENDED_RATIO = 1.10
+CONTENDED_WAIT = 0.05
+_TASKS = Path("/proc/self/task")
 _REFERENCE_SIDE = 256
 _PROC_STAT = Path("/proc/stat")
 
@@ -65,6 +72,22 @@ class ReferenceBaseline:
             except OSError:
                 pass  # a read-only home must not stop a measurement; the baseline is then this run's own
         return baseline
+
+
+def run_queue_wait_s() -> float | None:
+    """Seconds all threads of this process have spent runnable but not running (None without schedstat)."""
+    total, seen = 0, False
+    try:
+        tasks = list(_TASKS.iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+            seen = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9 if seen else None
 
 
 @dataclass(frozen=True)

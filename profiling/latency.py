@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from profiling.device import synchronize
-from profiling.interference import CONTENDED_RATIO, LoadWindow, ReferenceBaseline, reference_kernel
+from profiling.interference import (
+    CONTENDED_RATIO,
+    CONTENDED_WAIT,
+    LoadWindow,
+    ReferenceBaseline,
+    reference_kernel,
+    run_queue_wait_s,
+)
 from profiling.progress import PhaseProgress
 from profiling.result import LatencyStats
 
@@ -34,7 +41,10 @@ STABLE_RELATIVE_ERROR = 0.02
 TRIM_FRACTION = 0.2
 THREADS_ENV = "HRVIT_NAS_THREADS"
 _REFERENCE = "__reference__"
-_REFERENCE_TRIAL_S = 0.02
+_REFERENCE_WARMUP_S = 0.2
+# Contention must hit the reference's trials as it hits the candidates', so its trials last as long as
+# theirs (a median of short trials slips between another process's time slices), up to this bound.
+_REFERENCE_MAX_TRIAL_S = 0.1
 # Asymptotic standard error of a sample median relative to the standard deviation, sqrt(pi / 2).
 _MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
 
@@ -145,18 +155,32 @@ class _Plan:
     deadline: float
     progress: PhaseProgress
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    waited_s: dict[str, float] = dataclasses.field(default_factory=dict)  # run-queue wait during each one's trials
+    timed_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _timed_trial(plan: _Plan, name: str) -> float:
+    before = run_queue_wait_s()
+    seconds = _timed_block(plan.runs[name], plan.calls[name], plan.device)
+    after = run_queue_wait_s()
+    if before is not None and after is not None:
+        plan.waited_s[name] = plan.waited_s.get(name, 0.0) + after - before
+    plan.timed_s[name] = plan.timed_s.get(name, 0.0) + seconds
+    return seconds
 
 
 def _rounds(plan: _Plan) -> dict[str, list[float]]:
     """Round-robin trials (rotating start) until every candidate is stable, ``max_trials`` or the deadline."""
     names = list(plan.runs)
+    plan.waited_s.clear()
+    plan.timed_s.clear()
     samples: dict[str, list[float]] = {name: [] for name in names}
     pending = [n for n in names if n != _REFERENCE]
     for round_index in range(plan.max_trials):
         order = pending + ([_REFERENCE] if _REFERENCE in plan.runs else [])
         shift = round_index % len(order)
         for name in order[shift:] + order[:shift]:
-            seconds = _timed_block(plan.runs[name], plan.calls[name], plan.device)
+            seconds = _timed_trial(plan, name)
             samples[name].append(1e3 * seconds / plan.calls[name])
         plan.progress.advance()
         if round_index + 1 >= 2 and time.perf_counter() >= plan.deadline:
@@ -180,8 +204,8 @@ def measure_runs(
     trial_s: float = 0.05,
     threads: int | None = None,
     max_seconds: float | None = None,
-    attempts: int = 3,
-    backoff_s: float = 2.0,
+    attempts: int = 2,
+    backoff_s: float = 1.0,
     baseline: ReferenceBaseline | None = None,
     progress: bool = False,
 ) -> dict[str, LatencyStats]:
@@ -203,10 +227,13 @@ def measure_runs(
         "warming up", len(timed) + trials, enabled=progress
     ) as bar:
         plan = _Plan(timed, device, trials, max(trials, max_trials), deadline, bar)
-        for name, run in timed.items():
-            trial_seconds = _REFERENCE_TRIAL_S if name == _REFERENCE else trial_s
-            per_call = _warm_up(run, device, 0.2 if name == _REFERENCE else warmup_s, deadline)
+        trial_lengths = []
+        for name, run in timed.items():  # the reference comes last: its trials last as long as the candidates'
+            reference = name == _REFERENCE
+            per_call = _warm_up(run, device, _REFERENCE_WARMUP_S if reference else warmup_s, deadline)
+            trial_seconds = min(max(trial_lengths), _REFERENCE_MAX_TRIAL_S) if reference else trial_s
             plan.calls[name] = max(1, math.ceil(trial_seconds / max(per_call, 1e-9)))
+            trial_lengths.append(plan.calls[name] * per_call)
             bar.advance()
         for attempt in range(1, attempts + 1):
             bar.describe(f"timing (attempt {attempt}: others were loading the CPU)" if attempt > 1 else "timing", total=len(timed) + trials)
@@ -214,30 +241,44 @@ def measure_runs(
             samples = _rounds(plan)
             load = window.close()
             ratio = _interference(samples, used_threads, baseline) if on_cpu else None
-            contended = ratio is not None and ratio > CONTENDED_RATIO
+            waiting = _wait_share(plan, used_threads) if on_cpu else None
+            contended = (ratio is not None and ratio > CONTENDED_RATIO) or (waiting is not None and waiting > CONTENDED_WAIT)
             pause = backoff_s * 2 ** (attempt - 1)
             if not contended or attempt == attempts or time.perf_counter() + pause >= deadline:
                 break
-            bar.describe(f"waiting {pause:.0f} s for the CPU to quieten (reference {ratio:.2f}x its quiet speed)")
+            bar.describe(f"waiting {pause:.0f} s for the CPU to quieten (reference {ratio:.2f}x its quiet time, "
+                         f"{100 * (waiting or 0):.0f}% of thread time waiting for a core)")
             time.sleep(pause)
     recorded_threads = used_threads if on_cpu else None
     return {
         name: dataclasses.replace(
             latency_stats(samples[name], calls_per_trial=plan.calls[name], threads=recorded_threads),
             interference=ratio, contended=contended, load_avg_1m=load.load_avg_1m, cpu_steal_pct=load.cpu_steal_pct,
-            attempts=attempt,
+            cpu_wait_pct=None if waiting is None else 100 * waiting, attempts=attempt,
         )
         for name in runs
     }
 
 
+def _wait_share(plan: _Plan, threads: int) -> float | None:
+    """Share of the timed thread-seconds our threads spent runnable but without a core (schedstat)."""
+    if not plan.waited_s:
+        return None
+    return sum(plan.waited_s.values()) / max(1e-9, threads * sum(plan.timed_s[name] for name in plan.waited_s))
+
+
 def _interference(samples: dict[str, list[float]], threads: int, baseline: ReferenceBaseline | None) -> float:
-    """How many times slower the reference ran than its quiet baseline on this machine at ``threads``."""
+    """How many times slower the reference ran than its quiet median on this machine at ``threads``."""
     from profiling.fingerprint import device_fingerprint
 
-    median = statistics.median(samples[_REFERENCE])
+    reference = samples[_REFERENCE]
     key = f"{device_fingerprint('cpu', threads=threads, volatile=False)['fingerprint_id']}"
-    return median / (baseline or ReferenceBaseline()).observe(key, median)
+    quiet = (baseline or ReferenceBaseline()).observe(key, statistics.median(reference))
+    # A trimmed mean, not the median: contention in a fifth of the trials already shows, before it moves the
+    # candidates' medians, while one stray hiccup (trimmed away) does not.
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(reference, TRIM_FRACTION)) / quiet
 
 
 def measure_latency(

@@ -40,6 +40,8 @@ from profiling.runtimes import check_runtime, prepare, runtime_version
 
 DEFAULT_CACHE = "default"
 DEFAULT_MAX_SECONDS = 60.0  # one latency measurement, warm-up and back-offs included
+# Below this many input pixels per call (batch x H x W) even b3 needs a few GiB at most: no estimate first.
+ESTIMATE_MEMORY_ABOVE_PIXELS = 2048 * 2048
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,9 +119,14 @@ def profile(
 
 
 def _check_memory(config: ArchConfig, size: tuple[int, int], batch: int, device: torch.device) -> None:
-    """Estimate from shapes before allocating: counting always runs on the CPU, timing on ``device``."""
+    """Estimate from shapes before allocating: counting always runs on the CPU, timing on ``device``.
+
+    The estimate (a forward on the meta device) costs about a second, so inputs too small to matter skip it.
+    """
     from hrvit_space.model import build_model
 
+    if batch * size[0] * size[1] <= ESTIMATE_MEMORY_ABOVE_PIXELS:
+        return
     check_fits(
         lambda: build_model(config.replace(input_size=size)), (batch, config.in_chans, *size),
         [torch.device("cpu"), *([device] if device.type == "cuda" else [])],
@@ -145,6 +152,8 @@ def _profile_here(
         "macs_by_branch": flops.macs_by_branch, "macs_by_operator": flops.by_operator, "other_ops": flops.other_ops,
         "uncounted_ops": flops.uncounted, "device": str(device), "input_size": input_size, "batch": batch, "dtype": dtype, "options": options,
     }
+    if not (options["latency"] or options["energy"]):
+        return ProfileResult(**common, peak_memory_source="not measured (counts only)", fingerprint=device_fingerprint(device, threads))
     latency = energy_result = None
     try:
         with PhaseProgress(f"preparing the {options['runtime']} runtime", None, enabled=progress), cpu_threads(threads):

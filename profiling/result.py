@@ -20,8 +20,9 @@ class LatencyStats:
 
     ``stable`` is False when the median is not known to about 2% (``latency.STABLE_RELATIVE_ERROR``): compare
     such numbers only after re-measuring. ``contended`` is True when other processes slowed the interleaved
-    reference kernel by more than ``interference.CONTENDED_RATIO`` (``interference`` is that slowdown) even
-    after re-measuring: such a number is not this model's speed, and it is never cached.
+    reference kernel by more than ``interference.CONTENDED_RATIO`` (``interference`` is that slowdown), or
+    kept its threads waiting for a core more than ``interference.CONTENDED_WAIT`` of the time, even after
+    re-measuring: such a number is not this model's speed, and it is never cached.
     """
 
     median: float
@@ -41,6 +42,7 @@ class LatencyStats:
     contended: bool = False
     load_avg_1m: float | None = None
     cpu_steal_pct: float | None = None
+    cpu_wait_pct: float | None = None  # share of timed thread-time spent runnable but without a core
     attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +64,7 @@ class LatencyStats:
             "latency_contended": self.contended,
             "latency_load_avg_1m": self.load_avg_1m,
             "latency_cpu_steal_pct": self.cpu_steal_pct,
+            "latency_cpu_wait_pct": self.cpu_wait_pct,
             "latency_attempts": self.attempts,
         }
 
@@ -77,6 +80,7 @@ class LatencyStats:
             p99=data.get("latency_ms_p99"), trimmed_mean=data.get("latency_ms_trimmed_mean"),
             interference=data.get("latency_interference_ratio"), contended=data.get("latency_contended", False),
             load_avg_1m=data.get("latency_load_avg_1m"), cpu_steal_pct=data.get("latency_cpu_steal_pct"),
+            cpu_wait_pct=data.get("latency_cpu_wait_pct"),
             attempts=data.get("latency_attempts", 1),
         )
 
