@@ -80,7 +80,7 @@ class SearchSpace:
                 raise ConfigError(
                     f"space windows[{b}]: {bad} impossible for branch {b} ({h}x{w} at input "
                     f"{base.input_size[0]}x{base.input_size[1]}); allowed: integers in 1..{largest} "
-                    "(write your own space starting from `hrvit-nas space show --yaml`)"
+                    "(lower them in your space file, e.g. from `hrvit-nas space show --yaml`, or use a larger input)"
                 )
         for b, choices in enumerate(self.ratio_choices):
             bad = [r for r in choices if not mlp_ratio_allowed(r, base.channels[b]) or r > LIMITS["mlp_ratio"]]
