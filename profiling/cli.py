@@ -73,13 +73,14 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
     return height, int(match.group(2) or height)
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, path: str | None = None):
     from hrvit_space.cli import load_preset
     from hrvit_space.config import ArchConfig
 
-    if (args.config is None) == (args.preset is None):
+    path = args.config if path is None else path
+    if (path is None) == (args.preset is None):
         raise UserError("give exactly one of CONFIG (a YAML/JSON file) or --preset b1|b2|b3")
-    return load_preset(args.preset, parse_input_size(args.input)) if args.preset else ArchConfig.load(args.config)
+    return load_preset(args.preset, parse_input_size(args.input)) if args.preset else ArchConfig.load(path)
 
 
 def handle_profile(args: argparse.Namespace) -> int:
@@ -156,15 +157,12 @@ def format_result(result, name: str | None = None) -> str:
 
 
 def _build_predictor(args: argparse.Namespace) -> int:
-    from hrvit_space.space import SearchSpace
+    from hrvit_space.cli import load_space
     from profiling.predictor import LatencyPredictor
 
     if args.preset is not None or args.predict_config is not None:
         raise UserError("--preset and CONFIG do not apply to build-predictor; pass --space SPACE.yaml (default: the built-in space)")
-    space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
-    size = parse_input_size(args.input)
-    if size is not None:
-        space = space.with_input_size(size)
+    space = load_space(args.space, parse_input_size(args.input))
     out = args.out or DEFAULT_PREDICTOR
     print(f"building latency predictor on {args.device} (input {space.base.input_size}, batch {args.batch}, {args.dtype}, "
           f"{args.runtime}) ...", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""Latency predictor: stratified held-out configs, noise floor beside the accuracy, one predictor per
+(device, runtime, dtype, input, batch), `profile predict`, and the CLI's clean errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from hrvit_nas.cli import main as run_cli
+from hrvit_nas.errors import UserError
+from hrvit_space.config import HeadConfig, preset
+from hrvit_space.space import SearchSpace
+from profiling import LatencyPredictor, PredictorMismatch, profile
+from profiling.predictor import _stratified
+
+TINY = preset("b1").replace(
+    channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), dim_head=8,
+    depths=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1)), head=HeadConfig(width=16, num_classes=4), name=None,
+)
+SPACE = SearchSpace(TINY, [[(1,)], [(1,), (1, 2)], [(1,), (1, 2), (1, 2)], [(1,), (1,), (1, 2), (1, 2)]],
+                    [(1,), (1,), (1,), (1, 2)], [(2,), (2,), (2, 4), (2,)])
+QUICK = {"warmup_s": 0.05, "trials": 3, "threads": 1, "max_seconds": 5}
+
+
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HRVIT_NAS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    import os
+
+    os.environ["HRVIT_NAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))  # module scope: no monkeypatch
+    return LatencyPredictor.build(SPACE, "cpu", calibration=4, holdout=4, **QUICK)
+
+
+def blocks(config) -> int:
+    return sum(sum(module) for module in config.depths)
+
+
+def test_stratified_configs_span_the_latency_range_extremes_included():
+    chosen = _stratified(SPACE, blocks, 6, random.Random(0))
+    assert len({c.content_hash() for c in chosen}) == 6
+    assert blocks(chosen[0]) == blocks(SPACE.smallest()) and blocks(chosen[-1]) == blocks(SPACE.largest())
+    assert [blocks(c) for c in chosen] == sorted(blocks(c) for c in chosen)
+
+
+def test_predictor_reports_accuracy_beside_its_noise_floor(predictor):
+    accuracy = predictor.accuracy
+    assert accuracy.n == 4 and accuracy.noise_floor_pct is not None and accuracy.anchor_cv_pct is not None
+    assert "noise floor" in accuracy.describe()
+    assert len(predictor.alphas) == TINY.num_branches and predictor.runtime == "eager"
+    assert predictor.runtime_version.startswith("torch ")
+    measured = [m for _, _, m in accuracy.rows]
+    assert max(measured) > min(measured) > 0
+
+
+def test_one_predictor_answers_for_one_runtime_dtype_batch_and_input(predictor):
+    predictor.check(runtime="eager", dtype="fp32", batch=1, input_size=(64, 64))
+    for wrong, message in [({"runtime": "onnxruntime"}, "runtime eager"), ({"dtype": "bf16"}, "dtype fp32"),
+                           ({"batch": 4}, "batch 1"), ({"input_size": (96, 96)}, "input")]:
+        with pytest.raises(PredictorMismatch, match=message):
+            predictor.check(**{"runtime": "eager", "dtype": "fp32", "batch": 1, **wrong})
+
+
+def test_profile_predict_answers_from_the_predictor_file_without_timing(predictor, tmp_path, capsys, monkeypatch):
+    path, config_file = tmp_path / "predictor.json", tmp_path / "config.yaml"
+    predictor.save(path)
+    config = SPACE.largest()
+    config.save(config_file)
+    monkeypatch.setattr("profiling.latency.measure_runs", lambda *a, **k: pytest.fail("predict must not time anything"))
+    assert run_cli(["profile", "predict", str(config_file), "--predictor", str(path), "--device", "cpu", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["latency_ms"] == pytest.approx(predictor.predict(config)) and answer["latency_source"] == "predictor"
+    assert run_cli(["profile", "predict", str(config_file), "--predictor", str(path), "--device", "cpu", "--batch", "2"]) == 2
+    assert "batch 1 (asked: 2)" in capsys.readouterr().err
+    stale = json.loads(path.read_text())
+    stale["runtime_version"] = "torch 0.1"
+    path.write_text(json.dumps(stale))
+    assert run_cli(["profile", "predict", str(config_file), "--predictor", str(path), "--device", "cpu"]) == 2
+    assert "rebuild it here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--calibration", "0"], "calibration 0 is invalid"),
+    (["--calibration", "2"], "calibration 2 is invalid"),
+    (["--holdout", "-1"], "holdout -1 is invalid"),
+])
+def test_build_predictor_bad_counts_are_clean_errors(extra, message, tmp_path, capsys):
+    space_file = tmp_path / "space.yaml"
+    SPACE.save(space_file)
+    argv = ["profile", "build-predictor", "--space", str(space_file), "--device", "cpu", "--out", str(tmp_path / "p.json"), *extra]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "p.json").exists()
+
+
+def test_huge_input_is_refused_before_allocating(capsys):
+    assert run_cli(["profile", "--preset", "b1", "--input", "100000x100000", "--device", "cpu", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least" in err and "GiB" in err and "available" in err and "Traceback" not in err
+
+
+def test_profile_result_exposes_unit_bearing_names_and_cpu_peak_memory():
+    result = profile(TINY, device="cpu", threads=1, cache=None, max_seconds=2)
+    assert result.params_m == pytest.approx(result.params / 1e6) and result.gmacs == pytest.approx(result.macs / 1e9)
+    assert result.latency_ms == result.latency.median
+    weights = sum(p.numel() * 4 for p in __import__("hrvit_space.model", fromlist=["x"]).build_model(TINY).parameters())
+    assert result.peak_memory_bytes > weights  # weights plus live activations, not the old 0.0 MiB
+    from profiling.cli import format_result
+
+    assert "peak memory" in format_result(result) and "0.0 MiB" not in format_result(result)
+    with pytest.raises(UserError, match="threads"):
+        profile(TINY, device="cpu", threads=0, cache=None)
+    assert torch.get_num_threads() >= 1
