@@ -1,5 +1,14 @@
 """Accuracy estimators: one small interface so a search can trade cost for fidelity.
 
+Estimators are found by name in the ``hrvit_nas.estimators`` entry-point group, so a user's own package
+adds one with no change here, and spawned ``--workers`` find it too (an entry point is package
+metadata, not state of the parent process). In the user's ``pyproject.toml``::
+
+    [project.entry-points."hrvit_nas.estimators"]
+    my-proxy = "my_package.proxies:MyProxy"   # then: hrvit-nas search --estimator my-proxy
+
+Every estimator declares what it returns: ``metric_name`` (e.g. "NASWOT score", never a bare
+"accuracy") and ``unit``; the study stores them as the accuracy objective's name (``study.set_metric_names``).
 Every estimator class is constructed as ``cls(input_size=..., device=..., seed=..., **options)`` (the
 search passes the first three; ``--estimator-option key=value`` adds the rest) and scores a config with
 ``estimate(config, trial=None) -> float`` where higher is better. ``trial`` (an ``optuna.Trial``) is
@@ -16,26 +25,19 @@ Built in:
   params objective, ``flops`` with the flops objective). A search whose objectives omit ``accuracy``
   uses no estimator at all.
 
-Plugged in from the training package: ``supernet`` and ``short-train``.
+The training package registers ``supernet`` and ``short-train`` the same way (see ``pyproject.toml``).
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 import inspect
+from importlib.metadata import entry_points
 from typing import Any
 
 from hrvit_nas.errors import UserError
 
-ESTIMATORS: dict[str, str] = {
-    "zero-cost": "search.estimators:ZeroCostEstimator",
-    "params": "search.estimators:ParamsEstimator",
-    "flops": "search.estimators:FlopsEstimator",
-    "supernet": "training.estimators:SupernetEstimator",
-    "short-train": "training.estimators:ShortTrainEstimator",
-    "predictor": "training.accuracy_predictor:PredictorEstimator",
-}
+ENTRY_POINT_GROUP = "hrvit_nas.estimators"
 DEFAULT_ESTIMATOR = "zero-cost"
 
 
@@ -43,20 +45,32 @@ class AccuracyEstimator(abc.ABC):
     """Scores an architecture; higher means (predicted) more accurate."""
 
     name: str = "base"
+    metric_name: str = "estimator score"  # what ``estimate`` returns, shown on every axis and table
+    unit: str = ""
 
     @abc.abstractmethod
     def estimate(self, config, trial=None) -> float: ...
 
 
-def make_estimator(name: str, **options: Any) -> AccuracyEstimator:
-    """Import and construct the estimator registered as ``name``; bad names/options raise UserError."""
-    if name not in ESTIMATORS:
-        raise UserError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
-    module_name, class_name = ESTIMATORS[name].split(":")
+def estimator_names() -> list[str]:
+    """Names registered in the ``hrvit_nas.estimators`` entry-point group (built-in and installed plug-ins)."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def estimator_class(name: str) -> type[AccuracyEstimator]:
+    """The class registered as ``name``, imported on first use; unknown or broken names raise UserError."""
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        raise UserError(f"unknown estimator {name!r}; choose from {', '.join(estimator_names())}")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        return found[0].load()
     except (ImportError, AttributeError) as error:
         raise UserError(f"estimator {name!r} is not available in this installation ({error}); choose another --estimator") from None
+
+
+def make_estimator(name: str, **options: Any) -> AccuracyEstimator:
+    """Import and construct the estimator registered as ``name``; bad names/options raise UserError."""
+    cls = estimator_class(name)
     accepted = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = [key for key in options if key not in accepted and not takes_any]
@@ -70,6 +84,8 @@ class ZeroCostEstimator(AccuracyEstimator):
     """NASWOT score of a seeded random initialisation on a seeded random batch (deterministic)."""
 
     name = "zero-cost"
+    metric_name = "NASWOT score"
+    unit = "log-det"
 
     def __init__(self, input_size=(512, 512), device="cpu", seed: int = 0, batch: int = 8) -> None:
         if not isinstance(batch, int) or batch < 2:
@@ -124,25 +140,30 @@ def naswot_score(model, images) -> float:
 
 
 class _CapacityEstimator(AccuracyEstimator):
-    """Model size as an accuracy proxy; counts come from the profiler (cached, no forward for params)."""
-
-    key = ""
+    """Model size as an accuracy proxy, counted analytically from the config (no model, no forward pass)."""
 
     def __init__(self, input_size=(512, 512), device="cpu", seed: int | None = None) -> None:
         self.input_size = tuple(input_size)
 
-    def estimate(self, config, trial=None) -> float:
-        from profiling import profile
+    def counts(self, config):
+        from profiling.analytic import analytic_counts
 
-        result = profile(config, device="cpu", input_size=self.input_size, measure_latency=False)
-        return float(result.to_dict()[self.key])
+        return analytic_counts(config, self.input_size)
 
 
 class ParamsEstimator(_CapacityEstimator):
     name = "params"
-    key = "params_m"
+    metric_name = "parameters (capacity proxy)"
+    unit = "M"
+
+    def estimate(self, config, trial=None) -> float:
+        return self.counts(config).params / 1e6
 
 
 class FlopsEstimator(_CapacityEstimator):
     name = "flops"
-    key = "gflops"
+    metric_name = "FLOPs (capacity proxy)"
+    unit = "GFLOPs"
+
+    def estimate(self, config, trial=None) -> float:
+        return self.counts(config).flops / 1e9

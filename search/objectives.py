@@ -2,13 +2,24 @@
 
 Every objective and budget reads one key of a trial's ``measurements`` dict (see ``search.records``), so
 the objective values, the budget checks and the reports all agree on names and units.
+
+The built-in objectives are measured by the search itself (counts, profiler, estimator). A user's package
+adds one through the ``hrvit_nas.objectives`` entry-point group: an ``Objective`` with a ``measure``
+function (config at the search's input size -> float), e.g. in its ``pyproject.toml``::
+
+    [project.entry-points."hrvit_nas.objectives"]
+    activations = "my_package.objectives:ACTIVATIONS"   # then: hrvit-nas search --objectives accuracy,activations
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable
 
 from hrvit_nas.errors import UserError
+
+ENTRY_POINT_GROUP = "hrvit_nas.objectives"
 
 
 @dataclass(frozen=True)
@@ -17,6 +28,7 @@ class Objective:
     direction: str  # "maximize" | "minimize"
     unit: str
     key: str  # the measurements key holding the value
+    measure: Callable | None = None  # plug-in objectives only: measure(config) -> float
 
     @property
     def worst(self) -> float:
@@ -35,6 +47,32 @@ OBJECTIVES: dict[str, Objective] = {
     "flops": Objective("flops", "minimize", "GFLOPs", "gflops"),
 }
 DEFAULT_OBJECTIVES = ("accuracy", "latency")
+
+
+def plugin_objectives() -> dict[str, "Objective"]:
+    """Objectives installed in the ``hrvit_nas.objectives`` entry-point group (loaded on use)."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in OBJECTIVES:
+            continue
+        try:
+            loaded = ep.load()
+        except (ImportError, AttributeError) as error:
+            raise UserError(f"objective {ep.name!r} ({ep.value}) cannot be loaded ({error}); fix or uninstall its package") from None
+        if not isinstance(loaded, Objective) or loaded.measure is None or loaded.direction not in ("maximize", "minimize"):
+            raise UserError(f"objective {ep.name!r} ({ep.value}) is not a search.objectives.Objective with a measure function")
+        found[ep.name] = loaded
+    return found
+
+
+def get_objective(name: str) -> Objective:
+    """A built-in objective or an installed plug-in one; unknown names list what exists."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    plugins = plugin_objectives()
+    if name not in plugins:
+        raise UserError(f"unknown objective(s) {name}; choose from {', '.join([*OBJECTIVES, *plugins])}")
+    return plugins[name]
 
 
 @dataclass(frozen=True)
@@ -61,7 +99,10 @@ def parse_objectives(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...
         raise UserError(f"--objectives is empty; choose one or more of {', '.join(OBJECTIVES)}")
     unknown = [n for n in items if n not in OBJECTIVES]
     if unknown:
-        raise UserError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
+        names = [*OBJECTIVES, *plugin_objectives()]
+        missing = [n for n in unknown if n not in names]
+        if missing:
+            raise UserError(f"unknown objective(s) {', '.join(missing)}; choose from {', '.join(names)}")
     if len(set(items)) != len(items):
         raise UserError(f"--objectives {','.join(items)} repeats an objective; name each at most once")
     return tuple(items)

@@ -1,60 +1,12 @@
-"""Search progress: trials done, feasible count, Pareto size and hypervolume, as a rich progress bar.
-
-Hypervolume comes from Optuna's public (experimental) ``plot_hypervolume_history``: Optuna 5 exposes
-no other public hypervolume function (``optuna._hypervolume`` is private). We read the history off the
-returned line and close the figure; the plot's global style change is confined to a style context.
-"""
+"""Search progress: trials done, feasible count, Pareto size and hypervolume, as a rich progress bar."""
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Sequence
-
-import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from search.hypervolume import normalized_hypervolume
 from search.records import is_feasible
-
-
-def hypervolume_history(study: optuna.Study, reference_point: Sequence[float]) -> list[tuple[int, float]]:
-    """(trial number, hypervolume of the feasible front so far) for every COMPLETE trial, in order."""
-    import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_hypervolume_history
-
-    with warnings.catch_warnings(), plt.style.context("default"):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = plot_hypervolume_history(study, reference_point)
-    try:
-        line = axes.lines[0]
-        return [(int(n), float(v)) for n, v in zip(line.get_xdata(), line.get_ydata())]
-    finally:
-        plt.close(axes.figure)
-
-
-def normalized_hypervolume(study: optuna.Study) -> float | None:
-    """Hypervolume of the feasible front in the box from its ideal to 10% beyond its nadir (0..1).
-
-    None for single-objective studies or with no feasible trial. Only a progress indicator: the box
-    grows with the front, so compare runs with ``hypervolume_history`` at one fixed reference point.
-    """
-    if len(study.directions) < 2:
-        return None
-    trials = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t) and all(math.isfinite(v) for v in t.values)
-    ]
-    if not trials:
-        return None
-    signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
-    values = np.array([t.values for t in trials]) * signs
-    ideal, nadir = values.min(axis=0), values.max(axis=0)
-    span = np.where(nadir > ideal, nadir - ideal, np.maximum(np.abs(nadir), 1.0))
-    reference = nadir + 0.1 * span
-    history = hypervolume_history(study, reference * signs)
-    return history[-1][1] / float(np.prod(reference - ideal)) if history else None
 
 
 class SearchProgress:

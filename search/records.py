@@ -2,13 +2,17 @@
 
 The contract (readers code against these names):
 
-- Objectives ``accuracy`` (maximise, estimator score), ``latency`` (ms), ``energy`` (mJ per image,
+- Objectives ``accuracy`` (maximise, the estimator's score; ``study.metric_names`` say which, e.g.
+  "NASWOT score (log-det)"), ``latency`` (ms), ``energy`` (mJ per image,
   gross), ``params`` (M), ``flops`` (GFLOPs); study directions follow the settings' objective order.
 - Trial user_attrs: ``config`` (ArchConfig.to_dict()), ``config_hash``, ``measurements`` (``params_m``,
   ``gmacs``, ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), ``energy_mj``,
   ``accuracy``, and the breakdowns ``params_m_by_branch``, ``gmacs_by_branch``, ``gmacs_by_component``;
   keys absent when not measured), ``fingerprint``, ``estimator``, ``baseline`` (enqueued presets only),
-  ``feasible``, ``violations`` (budget -> amount over), ``failure_reason`` (FAILED trials only).
+  ``feasible``, ``violations`` (budget -> amount over), ``failure_reason`` (FAILED trials only),
+  ``config_summary`` (one readable line for optuna-dashboard), ``screening`` (cheap-first proposals:
+  candidates screened, predicted objectives), ``surplus`` / ``duplicate_of`` (PRUNED unmeasured
+  placeholders of racing workers).
   Budgets are Optuna constraints named like the budgets (``max_latency_ms``, ...).
 - Study user_attr ``settings``: ``schema_version``, ``objectives`` ([{name, direction, unit}]),
   ``budgets`` (only those set), ``space``, ``input_size``, ``batch``, ``device``, ``estimator``,
@@ -26,10 +30,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hrvit_nas.errors import UserError
 from hrvit_space import ArchConfig
-from search.objectives import OBJECTIVES
+from search.objectives import get_objective
 from search.storage import open_storage
 
-OBJECTIVE_COLUMNS = {name: spec.key for name, spec in OBJECTIVES.items()}
 MEASUREMENT_COLUMNS = ("params_m", "gmacs", "gflops", "latency_ms", "latency_source", "energy_mj", "accuracy")
 
 
@@ -65,17 +68,25 @@ def trial_config(trial: FrozenTrial) -> ArchConfig:
     return ArchConfig.from_dict(trial.user_attrs["config"])
 
 
+def objective_column(name: str) -> str:
+    """The measurements key (and frame column) of objective ``name``; a plug-in no longer installed keeps its name."""
+    try:
+        return get_objective(name).key
+    except UserError:
+        return name
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with objectives (unit in the column name), flattened measurements and flags."""
     pareto = {t.number for t in pareto_trials(study)}
-    objective_names = [o["name"] for o in study_settings(study)["objectives"]]
+    columns = [objective_column(o["name"]) for o in study_settings(study)["objectives"]]
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         measurements = attrs.get("measurements", {})
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-        for name in objective_names:
-            row[OBJECTIVE_COLUMNS[name]] = measurements.get(OBJECTIVE_COLUMNS[name])
+        for column in columns:
+            row[column] = measurements.get(column)
         for key in MEASUREMENT_COLUMNS:
             row.setdefault(key, measurements.get(key))
         for key, value in measurements.items():
@@ -93,3 +104,22 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["duration_s"] = trial.duration.total_seconds() if trial.duration else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load_trials(study_or_storage: optuna.Study | str, study_name: str | None = None) -> pd.DataFrame:
+    """The study's trials as one flat DataFrame with units in the column names (``latency_ms``,
+    ``params_m``, ``gflops``, ..., and the accuracy column named after its estimator's metric).
+
+    ``load_trials(study)`` or ``load_trials("sqlite:///runs/demo/study.db", "demo")``.
+    """
+    if isinstance(study_or_storage, optuna.Study):
+        study = study_or_storage
+    else:
+        if not study_name:
+            raise UserError("load_trials: give the study name with a storage URL, e.g. load_trials(url, 'demo')")
+        study = open_study(study_name, study_or_storage)
+    frame = trials_frame(study)
+    objectives = [o["name"] for o in study_settings(study)["objectives"]]
+    names = study.metric_names
+    label = names[objectives.index("accuracy")] if names and "accuracy" in objectives else "estimator score"
+    return frame.rename(columns={"accuracy": f"accuracy [{label}]"})

@@ -5,11 +5,22 @@ because, in Optuna 5, only RDB storages support trial heartbeats: a trial left R
 worker is then detected and re-queued (``RetryHeartbeatStaleTrialCallback``), which the journal backend
 cannot do. A generous lock timeout lets a few local workers share the file. ``journal:///path`` stays
 available (no heartbeat there: stale RUNNING trials are only counted out, never retried).
-For many machines use ``postgresql://`` or ``mysql://``.
+For many machines use ``postgresql://`` (``postgres://`` is accepted) or ``mysql://``.
+
+Secrets: a URL is never printed whole (``redact``). Give the password outside the command line with
+the ``HRVIT_NAS_STORAGE`` environment variable (the whole URL), or leave it out of the URL and let
+libpq find it (``PGPASSFILE`` / ``~/.pgpass``, or a service file with ``?service=NAME``).
+
+Several processes may open a brand-new database at the same instant: Optuna creates its schema on
+first open, and the losers of that race get a unique-violation (PostgreSQL) or "already exists"
+(SQLite) error, so opening retries a few times before it gives up.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +33,21 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 HEARTBEAT_S = 60  # Optuna's recommended order of magnitude; stale after 2 missed beats
 SQLITE_LOCK_TIMEOUT_S = 60
+STORAGE_ENV = "HRVIT_NAS_STORAGE"
+SCHEME_ALIASES = {"postgres": "postgresql"}  # libpq and Heroku spell it so; SQLAlchemy 2 refuses it
+SCHEMA_RACE_RETRIES = 5
+
+
+def storage_url(given: str | None, run_dir: str | Path) -> str:
+    """``--storage`` if given, else ``$HRVIT_NAS_STORAGE`` (keeps a password off the command line), else the
+    run directory's SQLite file."""
+    return given or os.environ.get(STORAGE_ENV) or default_storage_url(run_dir)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it (``user:PW@``, ``password=PW``) replaced by ``***``."""
+    text = re.sub(r"(://[^/\s:@]*):\S*@", r"\1:***@", str(text))
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", text)
 
 
 def default_storage_url(run_dir: str | Path) -> str:
@@ -31,7 +57,9 @@ def default_storage_url(run_dir: str | Path) -> str:
 def normalize_url(url: str) -> str:
     """Bare file paths become ``sqlite:///`` or ``journal:///`` URLs by their suffix."""
     if "://" in url:
-        return url
+        scheme, rest = url.split("://", 1)
+        base, plus, driver = scheme.partition("+")
+        return f"{SCHEME_ALIASES.get(base, base)}{plus}{driver}://{rest}"
     path = Path(url).expanduser().resolve()
     if path.suffix in JOURNAL_SUFFIXES:
         return f"journal:///{path}"
@@ -47,11 +75,11 @@ def _local_path(url: str, scheme: str) -> Path:
     path = Path(url[len(f"{scheme}:///"):]).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
     if path.is_dir():
-        raise UserError(f"--storage {url!r} is a directory; give a file path for the {scheme} study file")
+        raise UserError(f"--storage {redact(url)!r} is a directory; give a file path for the {scheme} study file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"--storage {url!r}: cannot create {path.parent} ({error.strerror}); choose a writable location") from None
+        raise UserError(f"--storage {redact(url)!r}: cannot create {path.parent} ({error.strerror}); choose a writable location") from None
     return path
 
 
@@ -71,7 +99,7 @@ def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: in
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except Exception as error:  # corrupt journal lines, permissions
-            raise UserError(f"--storage {url!r}: cannot read the journal ({error}); point to an Optuna journal file") from None
+            raise UserError(f"--storage {redact(url)!r}: cannot read the journal ({redact(error)}); point to an Optuna journal file") from None
     if base_scheme == "sqlite":
         _local_path(url, scheme)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
@@ -80,7 +108,7 @@ def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: in
         engine_kwargs = {"pool_pre_ping": True}
     else:
         raise UserError(
-            f"--storage {url!r}: unknown scheme {scheme!r}; use a file path, sqlite:///PATH, journal:///PATH, "
+            f"--storage {redact(url)!r}: unknown scheme {scheme!r}; use a file path, sqlite:///PATH, journal:///PATH, "
             "postgresql://USER:PASS@HOST/DB or mysql://USER:PASS@HOST/DB"
         )
     heartbeat = {}
@@ -93,18 +121,29 @@ def open_storage(url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: in
             "grace_period": 2 * heartbeat_s,
             "heartbeat_stale_trial_callback": retry,
         }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except ImportError as error:
-        raise UserError(f"--storage {url!r}: the database driver is missing ({error}); pip install it") from None
-    except Exception as error:  # sqlalchemy OperationalError / DatabaseError / ArgumentError
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"--storage {_redact(given)}: cannot open the study storage ({reason}); check that the server is running "
-            "and reachable, the credentials, and that a file is an Optuna SQLite study"
-        ) from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except ImportError as error:
+            raise UserError(f"--storage {redact(given)}: the database driver is missing ({error}); pip install it") from None
+        except Exception as error:  # sqlalchemy OperationalError / DatabaseError / ArgumentError / IntegrityError
+            if attempt < SCHEMA_RACE_RETRIES and _lost_schema_race(error):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"--storage {redact(given)}: cannot open the study storage ({reason}); check that the server is running "
+                "and reachable, the credentials, and that a file is an Optuna SQLite study"
+            ) from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Another process created Optuna's tables (or its version row) while this one tried to."""
+    text = str(error).lower()
+    return any(sign in text for sign in ("already exists", "unique", "duplicate", "database is locked"))
 
 
 # SQLAlchemy's default driver per scheme, then the alternatives we accept (first installed wins).
@@ -121,14 +160,4 @@ def _with_installed_driver(url: str, scheme: str) -> str:
     for module in DRIVERS[scheme]:
         if importlib.util.find_spec(module) is not None:
             return DRIVER_SCHEMES[module] + url[len(scheme):]
-    raise UserError(f"--storage {_redact(url)}: no {scheme} driver installed; pip install {' or '.join(DRIVERS[scheme])}")
-
-
-def _redact(url: str) -> str:
-    """Hide a password in error messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-    return url
+    raise UserError(f"--storage {redact(url)}: no {scheme} driver installed; pip install {' or '.join(DRIVERS[scheme])}")

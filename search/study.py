@@ -7,12 +7,15 @@ the worst value (inf, or -inf for accuracy), and its unmeasured constraints hold
 the same constraint keys on every trial). Budgets are Optuna 5 per-trial constraints
 (``Trial.set_constraint``), so samplers use them and ``study.best_trials`` is feasible only.
 
-A config the study has already evaluated is not evaluated again: the proposal is PRUNED (user
-attribute ``duplicate_of``) and the sampler proposes another, so ``--trials N`` means N distinct
-evaluated architectures. Only after many duplicates in a row (the sampler has converged, or the
-space is nearly exhausted) is a duplicate COMPLETED, by copying the earlier trial's results, so the
-search still ends. On a 512-member space this lifts NSGA-II from 0.92 to ~0.97 of the exhaustive
-front's hypervolume at 100 trials (benchmarks/search_quality.py).
+Every proposal is an architecture the study has not seen (``search.samplers``): duplicates are rejected
+before a trial is stored, so ``--trials N`` means N distinct measured architectures. Two workers that
+propose the same architecture at the same instant are the one exception: the later trial is PRUNED
+(``duplicate_of``) unmeasured. Several processes keep the count exact the same way: a trial started
+when ``--trials`` are already complete or running is PRUNED unmeasured (``surplus``), so the study
+never holds more than ``--trials`` COMPLETE trials (and at most workers - 1 such placeholders).
+
+The model is built once per trial at most: params and FLOPs are analytic (``profiling.analytic``),
+only timing (the profiler) and the accuracy estimator need a network.
 """
 
 from __future__ import annotations
@@ -24,19 +27,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import optuna
+from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from hrvit_nas.errors import UserError
 from hrvit_space import ArchConfig, SearchSpace, preset
-from search.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, make_estimator
-from search.objectives import BUDGETS, DEFAULT_OBJECTIVES, OBJECTIVES, check_budgets, parse_objectives, violations
+from search.estimators import DEFAULT_ESTIMATOR, estimator_class, make_estimator
+from search.objectives import BUDGETS, DEFAULT_OBJECTIVES, check_budgets, get_objective, parse_objectives, violations
+from search.samplers import (
+    DEFAULT_SAMPLER, SAMPLERS, cheap_measurements, derive_seed, make_sampler, params_key, space_distributions,
+)
 
 SETTINGS_SCHEMA_VERSION = 1
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
-NSGA2_POPULATION = 20  # small generations: 100 trials see five (benchmarks/search_quality.py)
 BASELINE_PRESETS = ("b1", "b2", "b3")
 MAX_FAILURES_IN_A_ROW = 10
-MAX_DUPLICATES_IN_A_ROW = 50  # then a duplicate is completed from its earlier trial, so the search ends
+SETTINGS_WAIT_S = 30  # a process that finds the study being created by another waits this long for its settings
+IN_PLAY = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 # Settings that must match when a study is resumed (the rest, e.g. sampler or seed, may change).
 RESUME_KEYS = ("objectives", "budgets", "space", "input_size", "batch", "estimator", "estimator_options", "latency_predictor")
 
@@ -57,7 +63,7 @@ class SearchSettings:
     device: str = "auto"
     estimator: str | None = None  # None: zero-cost when accuracy is an objective
     estimator_options: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "nsga2"
+    sampler: str = DEFAULT_SAMPLER
     seed: int = 0
     latency_predictor: str | None = None
     baselines: bool = False
@@ -74,8 +80,7 @@ class SearchSettings:
             self.space = self.space.with_input_size(self.input_size)
         if "accuracy" in self.objectives:
             self.estimator = self.estimator or DEFAULT_ESTIMATOR
-            if self.estimator not in ESTIMATORS:
-                raise UserError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+            estimator_class(self.estimator)  # unknown names fail here, before anything runs
             if self.estimator in ("params", "flops") and self.estimator in self.objectives:
                 raise UserError(
                     f"--estimator {self.estimator} scores accuracy by {self.estimator}, which is already an objective; "
@@ -89,12 +94,24 @@ class SearchSettings:
 
     @property
     def objective_specs(self):
-        return [OBJECTIVES[name] for name in self.objectives]
+        return [get_objective(name) for name in self.objectives]
+
+    def metric_names(self) -> list[str]:
+        """Objective names with units for the study (optuna-dashboard, plots): the estimator says what
+        "accuracy" is (e.g. "NASWOT score"), so a proxy is never shown as plain accuracy."""
+        names = []
+        for spec in self.objective_specs:
+            if spec.name == "accuracy":
+                cls = estimator_class(self.estimator)
+                names.append(f"{cls.metric_name} ({cls.unit})" if cls.unit else cls.metric_name)
+            else:
+                names.append(f"{spec.name} ({spec.unit})")
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SETTINGS_SCHEMA_VERSION,
-            "objectives": [OBJECTIVES[name].to_dict() for name in self.objectives],
+            "objectives": [spec.to_dict() for spec in self.objective_specs],
             "budgets": dict(self.budgets),
             "space": self.space.to_dict(),
             "input_size": list(self.input_size),
@@ -120,73 +137,50 @@ class SearchSettings:
             device=data.get("device", "auto"),
             estimator=data.get("estimator"),
             estimator_options=data.get("estimator_options", {}),
-            sampler=data.get("sampler", "nsga2"),
+            sampler=data.get("sampler", DEFAULT_SAMPLER),
             seed=data.get("seed", 0),
             latency_predictor=data.get("latency_predictor"),
             baselines=data.get("baselines", False),
         )
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
-        if name == "tpe":
-            # 20 random start-up trials (Optuna's default: 10) reach 0.994 vs 0.980 of the exhaustive
-            # hypervolume at 100 trials, median of 30 seeds (benchmarks/search_quality.py)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=20)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-
-
 # ------------------------------------------------------------------------------------ one trial
 def suggest_config(trial: optuna.Trial, space: SearchSpace) -> ArchConfig:
-    """The sampler proposes one value per knob; the space turns them into a config.
-
-    Evenly spaced integer choices (depths 1..3, ratios 2/4) are ordinal, so samplers get them as
-    stepped integers and can exploit their order; other choice sets are categorical.
-    """
-    return space.decode({knob.name: _suggest_knob(trial, knob.name, knob.choices) for knob in space.knobs()})
-
-
-def _suggest_knob(trial: optuna.Trial, name: str, choices: tuple) -> Any:
-    steps = {b - a for a, b in zip(choices, choices[1:])}
-    if len(choices) > 1 and all(isinstance(c, int) for c in choices) and len(steps) == 1:
-        return trial.suggest_int(name, choices[0], choices[-1], step=steps.pop())
-    return trial.suggest_categorical(name, choices)
+    """The sampler proposes one value per knob (``search.samplers.knob_distribution``); the space turns
+    them into a config."""
+    params = {}
+    for name, dist in space_distributions(space).items():
+        if isinstance(dist, IntDistribution):
+            params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+        else:
+            params[name] = trial.suggest_categorical(name, dist.choices)
+    return space.decode(params)
 
 
-class DuplicateGuard:
-    """Finds an earlier COMPLETE trial of the same config; prunes the proposal, up to a limit.
+def config_summary(config: ArchConfig) -> str:
+    """One readable line for optuna-dashboard, where the nested ``config`` attribute is a long JSON string."""
+    depths = " | ".join(",".join(map(str, module)) for module in config.depths)
+    return (f"depths {depths}; windows {','.join(map(str, config.window_sizes))}; "
+            f"mlp ratios {','.join(map(str, config.mlp_ratios))}; channels {','.join(map(str, config.channels))}")
 
-    One per worker: it counts the duplicates this worker has proposed in a row.
-    """
 
-    def __init__(self, limit: int = MAX_DUPLICATES_IN_A_ROW) -> None:
-        self.limit = limit
-        self.in_a_row = 0
+def refuse_surplus_or_duplicate(trial: optuna.Trial, n_trials: int, budgets: Sequence[str] = ()) -> None:
+    """Prune ``trial`` unmeasured when earlier trials already fill ``n_trials`` or hold its architecture.
 
-    def check(self, trial: optuna.Trial, config_hash: str) -> optuna.trial.FrozenTrial | None:
-        """None for a new config; raises ``TrialPruned`` for a duplicate, or returns the earlier trial
-        to copy once ``limit`` duplicates came in a row."""
-        trial.set_user_attr("config_hash", config_hash)
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        earlier = next((t for t in done if t.user_attrs.get("config_hash") == config_hash), None)
-        if earlier is None:
-            self.in_a_row = 0
-            return None
-        trial.set_user_attr("duplicate_of", earlier.number)
-        for name, value in earlier.constraints.items():  # every trial carries the same constraint keys
-            trial.set_constraint(name, value)
-        if self.in_a_row < self.limit:
-            self.in_a_row += 1
-            raise optuna.TrialPruned(f"config already evaluated in trial {earlier.number}")
-        self.in_a_row = 0
-        return earlier
+    Trial numbers are assigned by the storage in creation order, so of several processes racing for the
+    last slot exactly the earliest trials go on."""
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and t.state in IN_PLAY]
+    key = params_key(trial.params)
+    twin = next((t for t in earlier if params_key(t.params) == key), None)
+    if len(earlier) < n_trials and twin is None:
+        return
+    for name in budgets:  # unmeasured: every trial carries the same constraint keys
+        trial.set_constraint(name, 0.0)
+    if len(earlier) >= n_trials:
+        trial.set_user_attr("surplus", True)
+        raise optuna.TrialPruned(f"{n_trials} trials are already complete or running")
+    trial.set_user_attr("duplicate_of", twin.number)
+    raise optuna.TrialPruned(f"trial {twin.number} already evaluates this architecture")
 
 
 class TrialEvaluator:
@@ -194,7 +188,7 @@ class TrialEvaluator:
 
     def __init__(self, settings: SearchSettings) -> None:
         self.settings = settings
-        self.duplicates = DuplicateGuard()
+        self.n_trials: int | None = None  # set by run_worker: the surplus check needs the target count
         self.estimator = None
         if settings.estimator is not None:
             self.estimator = make_estimator(
@@ -210,10 +204,14 @@ class TrialEvaluator:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         config = suggest_config(trial, self.settings.space)
         trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("config_summary", config_summary(config))
+        trial.set_user_attr("config_hash", config.content_hash())
         trial.set_user_attr("estimator", self.settings.estimator)
-        earlier = self.duplicates.check(trial, config.content_hash())
-        if earlier is not None:
-            return self._copy(earlier, trial)
+        if self.n_trials is not None:
+            refuse_surplus_or_duplicate(trial, self.n_trials, list(self.settings.budgets))
+        screening = getattr(trial.study.sampler, "screening", {}).pop(trial.number, None)
+        if screening is not None:
+            trial.set_user_attr("screening", screening)
         measurements: dict[str, Any] = {}
         try:
             self.measure(config, measurements, trial)
@@ -235,23 +233,13 @@ class TrialEvaluator:
             for spec in self.settings.objective_specs
         ]
 
-    @staticmethod
-    def _copy(earlier: optuna.trial.FrozenTrial, trial: optuna.Trial) -> list[float]:
-        """Complete ``trial`` with the results of ``earlier``, which evaluated the same config (its
-        constraints are already copied by ``DuplicateGuard.check``)."""
-        for key in ("measurements", "violations", "feasible", "fingerprint"):
-            if key in earlier.user_attrs:
-                trial.set_user_attr(key, earlier.user_attrs[key])
-        return list(earlier.values)
-
     def _over(self, measurements: dict[str, Any]) -> bool:
         return bool(violations(measurements, self.settings.budgets))
 
     def measure(self, config: ArchConfig, m: dict[str, Any], trial: optuna.Trial | None = None, *, accuracy: bool = True) -> None:
         """Fill ``m`` cheapest first; return early once a budget is broken.
 
-        The timed profile also counts params/FLOPs, so a separate counting pass only runs when a FLOPs
-        budget must be checked before timing, or when nothing is timed.
+        Counts are analytic (no model); the profiler then builds the model once for timing and energy.
         """
         from profiling import profile
 
@@ -260,23 +248,20 @@ class TrialEvaluator:
         needs_latency = "latency" in s.objectives or "max_latency_ms" in s.budgets
         predicted = needs_latency and self.predictor is not None
         timed = needs_energy or (needs_latency and not predicted)
-        common = {"device": s.device, "input_size": s.input_size, "batch": s.batch}
-        if "max_params_m" in s.budgets:
-            m["params_m"] = count_params_m(config)
-            if self._over(m):
-                return
-        if "max_gflops" in s.budgets or not timed:
-            self._take_counts(profile(config, measure_latency=False, energy=False, **common), m, trial)
-            if self._over(m):
-                return
+        m.update(cheap_measurements(config, s.batch))
+        if self._over(m):
+            return
         if predicted:
             m["latency_ms"] = float(self.predictor.predict(config))
             m["latency_source"] = "predictor"
             if self._over(m):
                 return
         if timed:
-            result = profile(config, measure_latency=True, energy=needs_energy, **common)
-            self._take_counts(result, m, trial)
+            result = profile(config, measure_latency=True, energy=needs_energy, device=s.device, input_size=s.input_size, batch=s.batch)
+            if result.error:
+                raise RuntimeError(result.error)
+            if trial is not None and result.fingerprint:
+                trial.set_user_attr("fingerprint", result.fingerprint)
             if "latency_ms" not in m:
                 m["latency_ms"] = result.latency.median
                 m["latency_source"] = "measured"
@@ -287,67 +272,62 @@ class TrialEvaluator:
                 m["energy_mj"] = result.energy.mj_per_image
             if self._over(m):
                 return
+        for spec in s.objective_specs:
+            if spec.measure is not None:
+                m[spec.key] = float(spec.measure(config))
         if self.estimator is not None and accuracy:
             m["accuracy"] = float(self.estimator.estimate(config, trial))
-
-    @staticmethod
-    def _take_counts(result, m: dict[str, Any], trial: optuna.Trial | None) -> None:
-        _raise_on_error(result)
-        m["params_m"] = result.params / 1e6
-        m["gmacs"] = result.macs / 1e9
-        m["gflops"] = result.flops / 1e9
-        m["params_m_by_branch"] = {k: v / 1e6 for k, v in result.params_by_branch.items()}
-        m["gmacs_by_branch"] = {k: v / 1e9 for k, v in result.macs_by_branch.items()}
-        m["gmacs_by_component"] = {k: v / 1e9 for k, v in result.macs_by_component.items()}
-        if trial is not None and result.fingerprint:
-            trial.set_user_attr("fingerprint", result.fingerprint)
-
-
-def _raise_on_error(result) -> None:
-    if result.error:
-        raise RuntimeError(result.error)
-
-
-def count_params_m(config: ArchConfig) -> float:
-    """Parameters in millions without a forward pass (the cheapest budget check)."""
-    from hrvit_space.model import build_model
-    from profiling import count_params
-
-    total, _, _ = count_params(build_model(config))
-    return total / 1e6
 
 
 # ------------------------------------------------------------------------------- study set-up
 def load_or_create_study(settings: SearchSettings, study_name: str, storage, *, check: Callable[[], None] | None = None) -> optuna.Study:
     """Resume ``study_name`` if it exists (its settings must match), else run ``check`` and create it.
 
-    ``check`` runs before anything is written, so a refused search leaves the storage untouched.
+    ``check`` runs before anything is written, so a refused search leaves the storage untouched. Safe
+    when several processes start at once: exactly one creates the study (the storage refuses the
+    others, who then load it); the creator writes the ``settings`` attribute last, and the others wait
+    for it before comparing.
     """
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     wanted = settings.to_dict()
-    if study_name in existing:
-        stored = existing[study_name].user_attrs.get("settings")
-        if stored is None:
+    if study_name not in optuna.get_all_study_names(storage):
+        if check is not None:
+            check()
+        directions = [spec.direction for spec in settings.objective_specs]
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, directions=directions)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another process created it meanwhile: resume it like any existing study
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(settings.metric_names())
+            if settings.baselines:
+                enqueue_baselines(study, settings.space)
+            study.set_user_attr("settings", wanted)  # last: it marks the study ready for other processes
+            return study
+    stored = _stored_settings(study_name, storage)
+    differing = [key for key in RESUME_KEYS if _comparable(stored.get(key)) != _comparable(wanted.get(key))]
+    if differing:
+        details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in differing if k != "space")
+        if "space" in differing:
+            details = "space differs" + (f"; {details}" if details else "")
+        raise UserError(
+            f"study {study_name!r} was created with other settings ({details}); "
+            "repeat the original options to resume it, or choose a new --study name"
+        )
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def _stored_settings(study_name: str, storage, wait_s: float = SETTINGS_WAIT_S) -> dict[str, Any]:
+    """The study's settings; a study another process is still creating gets ``wait_s`` to receive them."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs.get("settings")
+        if stored is not None:
+            return stored
+        if time.monotonic() > deadline:
             raise UserError(f"study {study_name!r} exists but was not created by hrvit-nas search; choose another --study name")
-        differing = [key for key in RESUME_KEYS if _comparable(stored.get(key)) != _comparable(wanted.get(key))]
-        if differing:
-            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in differing if k != "space")
-            if "space" in differing:
-                details = "space differs" + (f"; {details}" if details else "")
-            raise UserError(
-                f"study {study_name!r} was created with other settings ({details}); "
-                "repeat the original options to resume it, or choose a new --study name"
-            )
-        return optuna.load_study(study_name=study_name, storage=storage)
-    if check is not None:
-        check()
-    directions = [OBJECTIVES[name].direction for name in settings.objectives]
-    study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True)
-    if "settings" not in study.user_attrs:
-        study.set_user_attr("settings", wanted)
-    if settings.baselines:
-        enqueue_baselines(study, settings.space)
-    return study
+        time.sleep(0.2)
 
 
 def _comparable(value: Any) -> Any:
@@ -410,21 +390,28 @@ def run_worker(
     storage,
     n_trials: int,
     *,
-    seed: int | None = None,
+    worker: int = 0,
     evaluator: TrialEvaluator | None = None,
     callbacks: Sequence[Callable] = (),
     poll_s: float = 0.5,
 ) -> optuna.Study:
     """Run trials until the study holds ``n_trials`` COMPLETE trials (those of earlier runs count).
 
+    The sampler seed comes from ``(settings.seed, trials in the study, worker)``: a resume continues.
     Trials RUNNING elsewhere are waited for when the storage has a heartbeat (a dead worker's trial
     turns stale, is failed and re-queued); without one they are not waited for.
     """
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(settings.sampler, seed))
+    existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    sampler = make_sampler(
+        settings.sampler, derive_seed(settings.seed, existing, worker), space=settings.space,
+        objectives=settings.objective_specs, budgets=settings.budgets, batch=settings.batch,
+    )
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     evaluator = evaluator or TrialEvaluator(settings)
+    evaluator.n_trials = n_trials
     heartbeat = has_heartbeat(storage)
     last: list[optuna.trial.FrozenTrial] = []
-    failures_in_a_row = 0
+    failures_in_a_row = duplicates_in_a_row = 0
     while True:
         if heartbeat:
             with warnings.catch_warnings():
@@ -440,10 +427,16 @@ def run_worker(
             time.sleep(poll_s)
             continue
         study.optimize(evaluator, n_trials=1, catch=(TrialFailed,), callbacks=[*callbacks, lambda _s, t: last.append(t)])
-        if last and last[-1].state != TrialState.PRUNED:  # a pruned duplicate neither fails nor succeeds
+        if last and last[-1].state != TrialState.PRUNED:  # a pruned placeholder neither fails nor succeeds
             failures_in_a_row = failures_in_a_row + 1 if last[-1].state == TrialState.FAIL else 0
+        duplicates_in_a_row = duplicates_in_a_row + 1 if last and "duplicate_of" in last[-1].user_attrs else 0
         if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise UserError(
                 f"{failures_in_a_row} trials in a row failed (last: {last[-1].user_attrs.get('failure_reason', 'unknown')}); "
                 "fix the cause (see failure_reason in the study) and re-run the same command to resume"
+            )
+        if duplicates_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise UserError(
+                f"the last {duplicates_in_a_row} proposals were all architectures the study already holds: the space "
+                f"({settings.space.size()} members) is nearly exhausted; lower --trials or widen the space"
             )

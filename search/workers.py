@@ -2,9 +2,9 @@
 
 Workers are separate processes (spawned, so each has its own torch runtime) sharing the study through
 its storage; on a machine with several GPUs each is pinned to one GPU via ``CUDA_VISIBLE_DEVICES``, so
-latency and energy measurements do not collide. Worker ``i`` seeds its sampler with ``seed + i`` so
-that workers propose different architectures. Machines sharing a PostgreSQL/MySQL study each run this
-same loop; give each machine its own ``--seed``.
+latency and energy measurements do not collide. Worker ``i`` seeds its sampler from ``(seed, trials in
+the study, i)`` so that workers propose different architectures and a resume continues. Machines
+sharing a PostgreSQL/MySQL study each run this same loop; give each machine its own ``--seed``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import optuna
 
 from hrvit_nas.errors import UserError
 from search.progress import SearchProgress
-from search.storage import HEARTBEAT_S, default_storage_url, open_storage
+from search.storage import HEARTBEAT_S, open_storage, storage_url
 from search.study import SearchSettings, TrialEvaluator, load_or_create_study, preflight, run_worker
 
 DEFAULT_RUN_ROOT = Path("runs")
@@ -38,7 +38,8 @@ def run_search(
 ) -> optuna.Study:
     """Run (or resume) ``study_name`` until it holds ``n_trials`` COMPLETE trials; return the study.
 
-    ``storage`` defaults to ``<run_dir>/study.db`` (SQLite), ``run_dir`` to ``runs/<study_name>``.
+    ``storage`` defaults to ``$HRVIT_NAS_STORAGE``, else ``<run_dir>/study.db`` (SQLite); ``run_dir`` to
+    ``runs/<study_name>``.
     """
     if not isinstance(n_trials, int) or n_trials < 1:
         raise UserError(f"--trials {n_trials!r}: it must be a positive integer")
@@ -46,28 +47,30 @@ def run_search(
         raise UserError(f"--workers {workers!r}: it must be a positive integer")
     if not study_name or not isinstance(study_name, str):
         raise UserError("--study: give the study a non-empty name")
-    url = storage or default_storage_url(Path(run_dir) if run_dir else DEFAULT_RUN_ROOT / study_name)
+    if n_trials > settings.space.size():
+        raise UserError(f"--trials {n_trials} exceeds the {settings.space.size()} members of the search space; lower --trials or widen the space")
+    url = storage_url(storage, Path(run_dir) if run_dir else DEFAULT_RUN_ROOT / study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url, heartbeat_s=heartbeat_s)
     evaluator = TrialEvaluator(settings)  # loads the estimator and latency predictor: their errors come first
     study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator))
     with SearchProgress(n_trials, enabled=progress) as bar:
         if workers == 1:
-            run_worker(settings, study_name, store, n_trials, seed=settings.seed, evaluator=evaluator, callbacks=[bar.update])
+            run_worker(settings, study_name, store, n_trials, evaluator=evaluator, callbacks=[bar.update])
         else:
             _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, on_poll=lambda: bar.update(study))
         bar.update(study)
     return optuna.load_study(study_name=study_name, storage=store)
 
 
-def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, seed: int, heartbeat_s: int, threads: int) -> None:
+def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, worker: int, heartbeat_s: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         settings = SearchSettings.from_dict(settings_dict)
-        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s), n_trials, seed=seed)
+        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s), n_trials, worker=worker)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
@@ -93,7 +96,7 @@ def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, *,
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # inherited by the spawned child only
             process = context.Process(
                 target=_worker_main,
-                args=(settings.to_dict(), study_name, url, n_trials, settings.seed + index, heartbeat_s, threads),
+                args=(settings.to_dict(), study_name, url, n_trials, index, heartbeat_s, threads),
                 name=f"hrvit-search-worker-{index}",
             )
             process.start()
