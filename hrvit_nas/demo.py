@@ -34,6 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from reports.export import ExportOptions, export_trials
     from reports.report import write_report
     from reports.selectors import parse_selector, select
+    from hrvit_space.cli import load_space
     from reports.study_data import study_data
     from search.cli import parse_input_size
     from search.study import SearchSettings
@@ -45,8 +46,9 @@ def run_demo(args: argparse.Namespace) -> int:
         set_default_threads(args.threads)
     out: Path = args.out
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    input_size = parse_input_size(args.input)
     settings = SearchSettings(
-        objectives=("accuracy", "latency"), input_size=parse_input_size(args.input), device=args.device,
+        space=load_space(None, input_size), objectives=("accuracy", "latency"), input_size=input_size, device=args.device,
         seed=args.seed, baselines=True,
     )
     print(f"searching {settings.space} at {args.input} on {args.device}: {args.trials} trials into {storage}")
