@@ -18,17 +18,20 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--study", required=True, help="study name (resumed when it exists in the storage)")
-    p.add_argument("--storage", help="file path, sqlite:///PATH, journal:///PATH, postgresql://..., mysql://... "
-                   "(default: RUN_DIR/study.db, SQLite)")
+    p.add_argument("--storage", help="file path, sqlite:///PATH, journal:///PATH, postgresql:// (or postgres://), mysql://; "
+                   "default: $HRVIT_NAS_STORAGE, else RUN_DIR/study.db (SQLite). Keep passwords off the command line: "
+                   "set HRVIT_NAS_STORAGE, or leave the password out and let libpq read PGPASSFILE/~/.pgpass")
     p.add_argument("--run-dir", help="directory for the default storage (default: runs/STUDY)")
     p.add_argument("--space", help="search space YAML (default: the built-in space around HRViT-b1)")
     p.add_argument("--trials", type=int, default=50, help="COMPLETE trials the study should hold (default 50)")
-    p.add_argument("--objectives", default="accuracy,latency", help="comma list of accuracy, latency, energy, params, flops")
+    p.add_argument("--objectives", default="accuracy,latency", help="comma list of accuracy, latency, energy, params, flops, "
+                   "or objectives an installed package registers (entry-point group hrvit_nas.objectives)")
     p.add_argument("--max-latency-ms", type=float, help="latency budget (ms per batch)")
     p.add_argument("--max-energy-mj", type=float, help="energy budget (mJ per image, gross)")
     p.add_argument("--max-params-m", type=float, help="parameter budget (millions)")
     p.add_argument("--max-gflops", type=float, help="compute budget (GFLOPs)")
-    p.add_argument("--estimator", help="accuracy estimator: zero-cost (default), params, flops, supernet, short-train")
+    p.add_argument("--estimator", help="accuracy estimator by name: zero-cost (default), params, flops, supernet, short-train, "
+                   "or one an installed package registers (entry-point group hrvit_nas.estimators)")
     p.add_argument("--estimator-option", action="append", default=[], metavar="KEY=VALUE",
                    help="estimator option, repeatable (e.g. batch=16, checkpoint=supernet.pt)")
     p.add_argument("--latency-predictor", metavar="PATH", help="predict latency with this fitted predictor instead of measuring")
@@ -38,8 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each when several)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU intra-op threads per worker (default: the cores this process may use, split among --workers)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed+i)")
-    p.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe, gp or random")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (each worker's is derived from it, the trials already "
+                   "in the study and the worker index, so a resume continues)")
+    p.add_argument("--sampler", default=None, help="cheap-first (default: screens thousands of candidates with exact "
+                   "params/FLOPs and predictors, measures the most promising), tpe, nsga2, gp or random")
     p.add_argument("--baselines", action="store_true", help="enqueue the b1/b2/b3 presets (nearest space members) first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handle_search)
@@ -72,6 +77,7 @@ def parse_options(items: list[str]) -> dict:
 def handle_search(args: argparse.Namespace) -> int:
     from hrvit_space.cli import load_space
     from search.records import pareto_trials
+    from search.samplers import DEFAULT_SAMPLER
     from search.study import SearchSettings
     from search.workers import run_search
 
@@ -94,7 +100,7 @@ def handle_search(args: argparse.Namespace) -> int:
         device=args.device,
         estimator=args.estimator,
         estimator_options=parse_options(args.estimator_option),
-        sampler=args.sampler,
+        sampler=args.sampler or DEFAULT_SAMPLER,
         seed=args.seed,
         latency_predictor=args.latency_predictor,
         baselines=args.baselines,

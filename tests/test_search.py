@@ -219,7 +219,24 @@ def test_accuracy_search_stores_the_estimator_score(tmp_path):
     for trial in study.trials:
         assert trial.user_attrs["estimator"] == "zero-cost"
         assert trial.values[0] == trial.user_attrs["measurements"]["accuracy"] == estimator.estimate(trial_config(trial))
+        assert trial.user_attrs["config_summary"].startswith("depths ")  # readable in optuna-dashboard
     assert study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    # optuna-dashboard reads the objective names from the storage: the proxy is named, never plain "accuracy"
+    stored = optuna.load_study(study_name="zc", storage=sqlite_url(tmp_path))
+    assert stored.metric_names == ["NASWOT score (log-det)", "flops (GFLOPs)"]
+
+
+def test_load_trials_gives_one_flat_frame_with_units_in_the_column_names(tmp_path):
+    from search import load_trials, run_search
+
+    study = run_search(tiny_settings(objectives="accuracy,flops", estimator_options={"batch": 4}), "frame", sqlite_url(tmp_path), 2)
+    frame = load_trials(sqlite_url(tmp_path), "frame")
+    assert list(frame.number) == [t.number for t in study.trials]
+    for column in ("accuracy [NASWOT score (log-det)]", "gflops", "params_m", "gmacs_by_branch.0", "duration_s"):
+        assert column in frame.columns
+    assert load_trials(study).columns.tolist() == frame.columns.tolist()
+    with pytest.raises(UserError, match="give the study name"):
+        load_trials(sqlite_url(tmp_path))
 
 
 # --------------------------------------------------------------------------------- hypervolume
