@@ -80,6 +80,8 @@ def _cat_rows(tensor: Tensor, rows: tuple[slice, slice]) -> Tensor:
 
 
 class ElasticBlock(Block):
+    """A Block with an elastic attention window and MixCFN width."""
+
     attn_cls = ElasticAttention
     mlp_cls = ElasticMixCFN
 
@@ -90,7 +92,8 @@ class ElasticBlock(Block):
 
     def active_subnet(self) -> Block:
         dim = self.attn_norm.normalized_shape[0]
-        block = Block(dim, self.attn.head_dim, self.attn.window_size, self.mlp.active_hidden, self.drop_path.rate)
+        with torch.device("meta"):  # a shell: every layer is replaced below
+            block = Block(dim, self.attn.head_dim, self.attn.window_size, self.mlp.active_hidden, self.drop_path.rate)
         block.attn_norm, block.des, block.mlp_norm = (copy.deepcopy(m) for m in (self.attn_norm, self.des, self.mlp_norm))
         block.attn, block.mlp = self.attn.active_subnet(), self.mlp.active_subnet()
         return block.train(self.training)
@@ -143,12 +146,13 @@ class HRViTSupernet(HRViT):
     def extract(self, config: ArchConfig | None = None) -> HRViT:
         """A standalone HRViT of ``config`` (default: the active one) holding copies of the shared weights.
 
-        Each elastic module hands out its active sub-module; the supernet stays active at its own config.
+        Each elastic module hands out its active sub-module; the supernet's active member is left as it was.
         """
         active = self.active_config
         self.set_active(config or active)
         try:
-            subnet = HRViT(self.active_config)
+            with torch.device("meta"):  # a shell: every part is replaced below
+                subnet = HRViT(self.active_config)
             subnet.stem, subnet.head = copy.deepcopy(self.stem), copy.deepcopy(self.head)
             for own, stage in zip(subnet.stages, self.stages):
                 own.fusion = copy.deepcopy(stage.fusion)
