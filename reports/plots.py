@@ -188,15 +188,15 @@ def _label_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
 
 
 def baseline_label(row: pd.Series) -> str:
-    """``HRViT-b3`` only when the trial is that preset; in a smaller space it is the nearest member, and
-    naming it after the preset alone would claim b3's accuracy and size for a much smaller network."""
-    from hrvit_space.config import preset
+    """``HRViT-b3`` only when the trial is that preset (windows fitted to the input, as ``profile --preset``
+    runs it); in a smaller space it is the nearest member, and naming it after the preset alone would
+    claim b3's accuracy and size for a much smaller network."""
+    from hrvit_space.config import ArchConfig, preset
 
     name = row["baseline"]
-    reference = preset(name).to_dict()
-    config = json.loads(row["config_json"])
-    same = all(value == reference.get(key) for key, value in config.items() if key not in ("name", "input_size"))
-    return f"HRViT-{name}" if same else f"nearest to HRViT-{name}"
+    config = ArchConfig.from_dict(json.loads(row["config_json"]))
+    reference, _ = preset(name).fit_to_input(config.input_size)
+    return f"HRViT-{name}" if config.replace(name=None) == reference.replace(name=None) else f"nearest to HRViT-{name}"
 
 
 # ---------------------------------------------------------------------------------- hypervolume

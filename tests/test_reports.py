@@ -308,6 +308,8 @@ def test_baseline_label_is_the_preset_name_only_for_the_preset_itself():
 
     exact = pd.Series({"baseline": "b1", "config_json": preset("b1").replace(input_size=(256, 256)).to_json()})
     assert baseline_label(exact) == "HRViT-b1"
+    fitted = pd.Series({"baseline": "b1", "config_json": preset("b1").fit_to_input((96, 96))[0].to_json()})
+    assert baseline_label(fitted) == "HRViT-b1"  # as `profile --preset b1 --input 96x96` runs it
     near = pd.Series({"baseline": "b1", "config_json": preset("b1").replace(depths=((1,), (1, 1), (1, 1, 2), (1, 1, 2), (1, 1, 2, 2), (1, 1, 2, 2))).to_json()})
     assert baseline_label(near) == "nearest to HRViT-b1"
 
