@@ -66,10 +66,17 @@ def read_yaml_file(path: str | Path, what: str, hint: str, error: type[UserError
         raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {problem.start}); save it as UTF-8 YAML/JSON") from None
     except OSError as problem:
         raise error(f"{what} {str(path)!r} cannot be read ({problem.strerror}); check its permissions") from None
+    return parse_yaml(text, f"{what} {str(path)!r}", error)
+
+
+def parse_yaml(text: str, what: str, error: type[UserError] = ConfigError) -> Any:
+    """``yaml.safe_load`` whose every failure is one ``error`` line (YAML's own messages span several)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as problem:
-        raise error(f"{what} {str(path)!r} is not valid YAML/JSON ({problem}); fix the syntax") from None
+        raise error(f"{what} is not valid YAML/JSON ({' '.join(str(problem).split())}); fix the syntax") from None
+    except RecursionError:
+        raise error(f"{what} nests too deeply to be a config; fix the syntax") from None
 
 
 def path_slug(text: str) -> str:
@@ -282,11 +289,7 @@ class ArchConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "ArchConfig":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config is not valid YAML/JSON ({error}); fix the syntax") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_yaml(text, "config"))
 
     def save(self, path: str | Path) -> None:
         text = self.to_json() if str(path).endswith(".json") else self.to_yaml()

@@ -68,6 +68,19 @@ def test_unreadable_file_is_one_clean_error(tmp_path, capsys):
         path.chmod(0o600)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"a: [1\n", "not valid YAML/JSON"),  # YAML's own message spans several lines
+    (b"\x00\x01binary", "not valid YAML/JSON"),
+    (b"[" * 50_000 + b"]" * 50_000, "nests too deeply"),
+], ids=["multi-line-message", "binary", "deep-nesting"])
+def test_malformed_yaml_is_one_error_line(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for argv in (["space", "validate", str(bad)], ["profile", str(bad), "--no-latency"]):
+        assert run_cli(argv) == 2
+        assert message in one_error_line(capsys)
+
+
 def test_loaders_raise_user_errors_for_non_utf8(tmp_path):
     from training.recipe import RecipeError, TrainRecipe
 

@@ -16,7 +16,7 @@ import yaml
 
 from hrvit_nas.atomic import atomic_write_text
 from hrvit_nas.errors import UserError
-from hrvit_space.config import read_yaml_file
+from hrvit_space.config import parse_yaml, read_yaml_file
 
 AMP_MODES = ("none", "fp16", "bf16")
 EVAL_MODES = ("whole", "slide")
@@ -155,11 +155,7 @@ class TrainRecipe:
 
     @classmethod
     def from_yaml(cls, text: str) -> "TrainRecipe":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise RecipeError(f"recipe is not valid YAML ({error}); fix the syntax") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_yaml(text, "recipe", RecipeError))
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.to_yaml())
