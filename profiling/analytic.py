@@ -40,12 +40,12 @@ class _Tally:
         self.params = {"component": Counter(), "branch": Counter()}
         self.macs = {"component": Counter(), "branch": Counter()}
 
-    def add(self, component: str, branch: int | None, params: int = 0, macs: int = 0) -> None:
+    def add(self, component: str, branch: int | None, params: int = 0, macs: int = 0, times: int = 1) -> None:
         key = SHARED if branch is None else str(branch)
         for kind, value in ((self.params, params), (self.macs, macs)):
             if value:
-                kind["component"][component] += value
-                kind["branch"][key] += value
+                kind["component"][component] += value * times
+                kind["branch"][key] += value * times
 
 
 def _conv(c_in: int, c_out: int, kernel: int, out_pixels: int, groups: int = 1, bias: bool = True) -> tuple[int, int]:
@@ -69,24 +69,25 @@ def _strip_attention_macs(height: int, width: int, window: int, channels: int) -
     return strips * length * length * 2 * channels
 
 
-def _block(t: _Tally, b: int, dim: int, dim_head: int, window: int, hidden: int, size: tuple[int, int]) -> None:
+def _blocks(t: _Tally, b: int, depth: int, dim: int, window: int, hidden: int, size: tuple[int, int]) -> None:
+    """``depth`` identical HRViT blocks of branch ``b``."""
     h, w = size
     tokens = h * w
     half = dim // 2
-    t.add("norm", b, params=4 * dim)  # attn_norm and mlp_norm
+    t.add("norm", b, params=4 * dim, times=depth)  # attn_norm and mlp_norm
     qv = _linear(dim, 2 * dim, tokens)
     local = _conv(dim, dim, 3, tokens, groups=dim)
     proj = _linear(dim, dim, tokens)
     attention = _strip_attention_macs(h, w, window, half) + _strip_attention_macs(w, h, window, half)
-    t.add("attention", b, params=qv[0] + local[0] + proj[0] + 2 * dim, macs=qv[1] + local[1] + proj[1] + attention)
+    t.add("attention", b, params=qv[0] + local[0] + proj[0] + 2 * dim, macs=qv[1] + local[1] + proj[1] + attention, times=depth)
     exponent = int(math.log2(dim))
     p = 2 ** (exponent - exponent // 2)
     k = dim // p
-    t.add("des", b, params=p * p + p + k * k + k, macs=tokens * dim * (p + k))
+    t.add("des", b, params=p * p + p + k * k + k, macs=tokens * dim * (p + k), times=depth)
     fc1, fc2 = _linear(dim, hidden, tokens), _linear(hidden, dim, tokens)
     mid = hidden // 2
     convs = mid * 9 + mid + mid * 25 + mid  # 3x3 and 5x5 depthwise halves
-    t.add("mixcfn", b, params=fc1[0] + fc2[0] + convs, macs=fc1[1] + fc2[1] + tokens * hidden * 25)  # run as one 5x5 conv
+    t.add("mixcfn", b, params=fc1[0] + fc2[0] + convs, macs=fc1[1] + fc2[1] + tokens * hidden * 25, times=depth)  # one 5x5 conv
 
 
 def _fusion(t: _Tally, config: ArchConfig, c_in: tuple[int, ...], c_out: tuple[int, ...]) -> None:
@@ -148,8 +149,8 @@ def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = Non
             pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
             t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
             hidden = round(config.mlp_ratios[b] * dim)
-            for _ in range(depth):
-                _block(t, b, dim, config.dim_head, config.window_sizes[b], hidden, size)
+            if depth:
+                _blocks(t, b, depth, dim, config.window_sizes[b], hidden, size)
             t.add("norm", b, params=2 * dim)
         in_channels = config.channels[: len(depths)]
     _head(t, config)

@@ -138,10 +138,11 @@ def format_result(result, name: str | None = None) -> str:
         if lat.interference is not None:
             load = f", load average {lat.load_avg_1m:.2f}" if lat.load_avg_1m is not None else ""
             steal = f", CPU steal {lat.cpu_steal_pct:.1f}%" if lat.cpu_steal_pct is not None else ""
+            wait = f", threads waited {lat.cpu_wait_pct:.0f}% of the time for a core" if lat.cpu_wait_pct is not None else ""
             verdict = ("CONTENDED: other processes slowed this measurement; not cached, re-measure on a quieter machine"
                        if lat.contended else "quiet")
             rows.append(("interference", f"{verdict} (reference {lat.interference:.2f}x its quiet speed after "
-                                         f"{lat.attempts} attempt(s){load}{steal})"))
+                                         f"{lat.attempts} attempt(s){wait}{load}{steal})"))
     if result.energy is not None:
         rows.append(("energy", result.energy.describe()))
     if result.peak_memory_bytes is not None:

@@ -224,7 +224,7 @@ def measure_runs(
     on_cpu = device.type == "cpu"
     timed = dict(runs) | ({_REFERENCE: reference_kernel()} if on_cpu else {})
     with cpu_threads(threads if on_cpu else None) as used_threads, PhaseProgress(
-        "warming up", len(timed) + trials, enabled=progress
+        "warming up, then timing", len(timed) + trials, enabled=progress
     ) as bar:
         plan = _Plan(timed, device, trials, max(trials, max_trials), deadline, bar)
         trial_lengths = []
@@ -236,7 +236,8 @@ def measure_runs(
             trial_lengths.append(plan.calls[name] * per_call)
             bar.advance()
         for attempt in range(1, attempts + 1):
-            bar.describe(f"timing (attempt {attempt}: others were loading the CPU)" if attempt > 1 else "timing", total=len(timed) + trials)
+            if attempt > 1:
+                bar.describe(f"timing (attempt {attempt}: others were loading the CPU)", total=trials, completed=0)
             window = LoadWindow()
             samples = _rounds(plan)
             load = window.close()

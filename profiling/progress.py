@@ -12,16 +12,18 @@ from typing import Self
 class PhaseProgress:
     """``advance(n)`` steps of ``total``; ``describe(text)`` changes the phase shown; ``total`` may grow."""
 
-    def __init__(self, description: str, total: float, *, enabled: bool = False) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
+    def __init__(self, description: str, total: float | None, *, enabled: bool = False) -> None:
         from rich.console import Console
+
+        console = Console(stderr=True)
+        self.enabled = enabled and console.is_terminal  # a log file gets the result, not blank lines
+        if not self.enabled:
+            return
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
         )
         self._task = self._progress.add_task(description, total=total)
 
@@ -38,6 +40,6 @@ class PhaseProgress:
         if self.enabled:
             self._progress.advance(self._task, steps)
 
-    def describe(self, description: str, *, total: float | None = None) -> None:
+    def describe(self, description: str, *, total: float | None = None, completed: float | None = None) -> None:
         if self.enabled:
-            self._progress.update(self._task, description=description, total=total)
+            self._progress.update(self._task, description=description, total=total, completed=completed)

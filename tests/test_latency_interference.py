@@ -13,15 +13,11 @@ import torch
 from torch import nn
 
 from hrvit_nas.cli import main as run_cli
-from hrvit_space.config import HeadConfig, preset
 from profiling import ProfileCache, ReferenceBaseline, default_threads, measure_runs, profile
 from profiling.cli import format_result
 from profiling.latency import THREADS_ENV
+from test_profiling import TINY
 
-TINY = preset("b1").replace(
-    channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), dim_head=8,
-    depths=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1)), head=HeadConfig(width=16, num_classes=4), name="tiny",
-)
 QUICK = {"warmup_s": 0.05, "trials": 5, "max_trials": 5, "trial_s": 0.05}
 HOG_SECONDS = 25  # hard bound: each hog exits by itself even if the test is killed
 

@@ -11,15 +11,12 @@ import torch
 
 from hrvit_nas.cli import main as run_cli
 from hrvit_nas.errors import UserError
-from hrvit_space.config import HeadConfig, preset
 from hrvit_space.space import SearchSpace
 from profiling import LatencyPredictor, PredictorMismatch, profile
 from profiling.predictor import _stratified
+from test_profiling import TINY as TINY_NAMED
 
-TINY = preset("b1").replace(
-    channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), dim_head=8,
-    depths=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1)), head=HeadConfig(width=16, num_classes=4), name=None,
-)
+TINY = TINY_NAMED.replace(name=None)  # a space's base carries no name
 SPACE = SearchSpace(TINY, [[(1,)], [(1,), (1, 2)], [(1,), (1, 2), (1, 2)], [(1,), (1,), (1, 2), (1, 2)]],
                     [(1,), (1,), (1,), (1, 2)], [(2,), (2,), (2, 4), (2,)])
 QUICK = {"warmup_s": 0.05, "trials": 3, "threads": 1, "max_seconds": 5}

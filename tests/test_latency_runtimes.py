@@ -10,14 +10,10 @@ import torch
 import hrvit_space.model as model_module
 from hrvit_nas.cli import main as run_cli
 from hrvit_nas.errors import UserError
-from hrvit_space.config import HeadConfig, preset
 from hrvit_space.model import build_model
 from profiling import ProfileCache, prepare, profile
+from test_profiling import TINY
 
-TINY = preset("b1").replace(
-    channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), dim_head=8,
-    depths=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1)), head=HeadConfig(width=16, num_classes=4), name="tiny",
-)
 COUNTS = {"device": "cpu", "threads": 1, "measure_latency": False}
 HAS_GPU = torch.cuda.is_available()
 

@@ -268,7 +268,7 @@ def test_cli_build_predictor_writes_a_loadable_predictor(tmp_path, capsys):
     space_file, out = tmp_path / "space.yaml", tmp_path / "predictor.json"
     TINY_SPACE.save(space_file)
     argv = ["profile", "build-predictor", "--space", str(space_file), "--device", "cpu", "--threads", "1",
-            "--calibration", "3", "--holdout", "0", "--out", str(out), "--json"]
+            "--calibration", "3", "--holdout", "0", "--max-seconds", "3", "--out", str(out), "--json"]
     assert run_cli(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["out"] == str(out) and sum(summary["alphas"]) > 0 and summary["runtime"] == "eager"
