@@ -54,7 +54,7 @@ if section == "predictor":
     from profiling import LatencyPredictor
     start = time.perf_counter()
     predictor = LatencyPredictor.build(SearchSpace.default(), "cuda", dtype=variants[0].split(":")[1],
-                                       runtime=variants[0].split(":")[0], calibration=10, holdout=16, trials=15, max_seconds=20)
+                                       runtime=variants[0].split(":")[0], calibration=8, holdout=12, trials=10, max_seconds=15)
     acc = predictor.accuracy
     emit(runtime=predictor.runtime, dtype=predictor.dtype, build_s=time.perf_counter() - start, **{
         k: v for k, v in acc.to_dict().items() if k != "rows"}, describe=acc.describe(),
@@ -117,7 +117,7 @@ ALL=b1,b2,b3
 section env          60  "$ALL" "-"
 section eager        150 "$ALL" "eager:fp32,eager:fp16,eager:bf16,cuda-graphs:fp16"
 section energy       60  "b1"   "eager:fp16"
-section predictor    120 "-"    "eager:fp16"
+section predictor    150 "-"    "eager:fp16"
 section onnxruntime  150 "$ALL" "onnxruntime:fp16,onnxruntime-trt:fp16"
 section compile      180 "$ALL" "compile:fp16"
 section tensorrt     180 "$ALL" "tensorrt:fp16"
