@@ -32,8 +32,8 @@ from search.objectives import BUDGETS
 from search.samplers import is_fixed, params_key, seen_keys, space_distributions
 
 ENUMERATE_LIMIT = 20_000  # spaces up to this size are screened whole
-POOL_SIZE = 4096  # random members screened in larger spaces
-NEIGHBOURS_PER_PROPOSAL = 64  # one-knob mutations of front members added to the pool per proposal
+POOL_SIZE = 2048  # random members screened in larger spaces
+NEIGHBOURS_PER_PROPOSAL = 16  # one-knob mutations of front members added to the pool per proposal
 STARTUP = 8  # proposals spread over compute before the predictors are trusted
 BETA = 1.5  # optimism of the acquisition, in predictive standard deviations
 RIDGE = 1.0  # prior precision of the Bayesian linear predictors (standardised features and targets)
@@ -57,24 +57,47 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
         self.knobs = space.knobs()
         self.distributions = space_distributions(space)
         self.screening: dict[int, dict[str, Any]] = {}
-        self._pool: dict[str, tuple[dict[str, Any], np.ndarray, dict[str, float]]] = {}
+        self.cheap_keys = {k for k, v in cheap(space.smallest()).items() if isinstance(v, (int, float))}
+        self._index: dict[str, int] = {}
+        self._params: list[dict[str, Any]] = []
+        self._rows: list[np.ndarray] = []
+        self._cheap: list[dict[str, float]] = []
+        self._arrays: dict[str, np.ndarray] | None = None
         if space.size() <= ENUMERATE_LIMIT:
             for values in itertools.product(*(k.choices for k in self.knobs)):
                 self._add(dict(zip((k.name for k in self.knobs), values)))
         else:
-            while len(self._pool) < POOL_SIZE:
+            while len(self._params) < POOL_SIZE:
                 self._add(self._random_params())
 
     # ------------------------------------------------------------------------------- the pool
     def _random_params(self) -> dict[str, Any]:
         return {k.name: self.rng.choice(k.choices) for k in self.knobs}
 
-    def _add(self, params: dict[str, Any]) -> None:
+    def _add(self, params: dict[str, Any]) -> int:
         key = params_key(params)
-        if key not in self._pool:
+        if key not in self._index:
             config = self.space.decode(params)
             cheap = self.cheap(config)
-            self._pool[key] = (params, self._features(params, config, cheap), cheap)
+            self._index[key] = len(self._params)
+            self._params.append(params)
+            self._rows.append(self._features(params, config, cheap))
+            self._cheap.append(cheap)
+            self._arrays = None
+        return self._index[key]
+
+    def _pool_arrays(self) -> dict[str, np.ndarray]:
+        """Features, cheap values and the budget mask of the whole pool, rebuilt only after it grew."""
+        if self._arrays is None:
+            arrays = {"features": np.array(self._rows)}
+            arrays.update({key: np.array([c[key] for c in self._cheap]) for key in self.cheap_keys})
+            within = np.ones(len(self._cheap), dtype=bool)
+            for key, limit in self.budgets.items():
+                if key in self.cheap_keys:
+                    within &= arrays[key] <= limit
+            arrays["within"] = within
+            self._arrays = arrays
+        return self._arrays
 
     def _features(self, params: dict[str, Any], config: ArchConfig, cheap: dict[str, float]) -> np.ndarray:
         """Knobs one-hot and scaled, blocks per branch (all modules), log params and log FLOPs (and squares)."""
@@ -89,7 +112,7 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
         return np.array(row + capacity + [c * c for c in capacity])
 
     def _grow_around(self, front_params: list[dict[str, Any]]) -> None:
-        """Large spaces: add one-knob neighbours of front members, where improvements are likeliest."""
+        """Large spaces: add one-knob neighbours of measured members, where improvements are likeliest."""
         if self.space.size() <= ENUMERATE_LIMIT or not front_params:
             return
         for _ in range(NEIGHBOURS_PER_PROPOSAL):
@@ -108,84 +131,75 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
         if is_fixed(trial):
             return {}
-        trials = study.get_trials(deepcopy=False)
-        measured = [t for t in trials if t.state == TrialState.COMPLETE and t.number != trial.number]
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        measured = [t for t in others if t.state == TrialState.COMPLETE and len(t.params) == len(self.knobs)]
         self._grow_around([t.params for t in measured])
-        seen = seen_keys(study, trial)
-        keys = [k for k, (_, _, cheap) in self._pool.items() if k not in seen and self._within_budget(cheap)]
-        if not keys:  # every member was proposed (or breaks a budget): the search's trial cap stops before this
-            keys = [k for k in self._pool if k not in seen] or list(self._pool)
-        stats: dict[str, Any] = {"candidates": len(keys)}
+        taken = [self._add(t.params) for t in others if len(t.params) == len(self.knobs)]
+        arrays = self._pool_arrays()
+        open_ = arrays["within"].copy()
+        open_[taken] = False
+        if not open_.any():  # every member was proposed (or breaks a budget): the search's trial cap stops before this
+            open_ = np.ones(len(self._params), dtype=bool)
+            open_[taken] = False
+            open_ = open_ if open_.any() else np.ones(len(self._params), dtype=bool)
+        candidates = np.flatnonzero(open_)
+        stats: dict[str, Any] = {"candidates": int(len(candidates))}
         usable = [t for t in measured if self._targets(t) is not None]
         if len(usable) < STARTUP:
-            choice = self._spread(keys, [t.params for t in trials if t.number != trial.number])
+            choice = self._spread(candidates, taken)
             stats["phase"] = "startup"
         else:
-            choice, predicted, gain = self._acquire(keys, usable)
+            choice, predicted, gain = self._acquire(candidates, usable)
             stats.update(phase="screened", predicted=predicted, improvement=gain)
         self.screening[trial.number] = stats
-        return dict(self._pool[choice][0])
+        return dict(self._params[choice])
 
     # ---------------------------------------------------------------------------- proposals
-    def _within_budget(self, cheap: dict[str, float]) -> bool:
-        return all(cheap[key] <= limit for key, limit in self.budgets.items() if key in cheap)
-
-    def _spread(self, keys: list[str], others: list[dict[str, Any]]) -> str:
+    def _spread(self, candidates: np.ndarray, taken: list[int]) -> int:
         """The candidate farthest in log FLOPs from every other trial (ties at random): covers compute."""
-        flops = np.log(np.array([self._pool[k][2]["gflops"] for k in keys]))
-        taken = [math.log(self.cheap(self.space.decode(p))["gflops"]) for p in others if len(p) == len(self.knobs)]
+        flops = np.log(self._pool_arrays()["gflops"])
         if not taken:
-            return self.rng.choice(keys)
-        distance = np.min(np.abs(flops[:, None] - np.array(taken)[None, :]), axis=1)
-        best = np.flatnonzero(distance >= distance.max() - 1e-12)
-        return keys[int(self.rng.choice(list(best)))]
+            return int(self.rng.choice(list(candidates)))
+        distance = np.min(np.abs(flops[candidates, None] - flops[None, taken]), axis=1)
+        best = candidates[distance >= distance.max() - 1e-12]
+        return int(self.rng.choice(list(best)))
 
     def _targets(self, trial) -> list[float] | None:
         """Measured values of the expensive objectives (None when one is missing or not finite)."""
         measurements = trial.user_attrs.get("measurements", {})
         values = []
         for index, objective in enumerate(self.objectives):
-            value = measurements.get(objective.key, trial.values[index] if trial.values else None)
-            if objective.key not in next(iter(self._pool.values()))[2]:
-                if value is None or not math.isfinite(value):
-                    return None
-                values.append(float(value))
+            if objective.key in self.cheap_keys:
+                continue
+            value = measurements.get(objective.key, trial.values[index])
+            if value is None or not math.isfinite(value):
+                return None
+            values.append(float(value))
         return values
 
-    def _acquire(self, keys: list[str], usable) -> tuple[str, dict[str, float], float]:
-        cheap_keys = next(iter(self._pool.values()))[2]
-        candidates = np.array([self._pool[k][1] for k in keys])
-        train = np.array([self._pool[params_key(t.params)][1] if params_key(t.params) in self._pool
-                          else self._trial_features(t.params) for t in usable])
+    def _acquire(self, candidates: np.ndarray, usable) -> tuple[int, dict[str, float], float]:
+        arrays = self._pool_arrays()
+        rows = [self._index[params_key(t.params)] for t in usable]
+        train, query = arrays["features"][rows], arrays["features"][candidates]
         targets = np.array([self._targets(t) for t in usable])
         signs = np.array([1.0 if o.direction == "minimize" else -1.0 for o in self.objectives])
-        optimistic = np.zeros((len(keys), len(self.objectives)))
+        optimistic = np.zeros((len(candidates), len(self.objectives)))
         front = np.zeros((len(usable), len(self.objectives)))
         predicted: dict[str, float] = {}
         expensive = 0
         for index, objective in enumerate(self.objectives):
-            if objective.key in cheap_keys:
-                optimistic[:, index] = [self._pool[k][2][objective.key] for k in keys]
-                front[:, index] = [self._cheap_of(t)[objective.key] for t in usable]
+            if objective.key in self.cheap_keys:
+                optimistic[:, index] = arrays[objective.key][candidates]
+                front[:, index] = arrays[objective.key][rows]
                 continue
-            mean, std = _bayesian_linear(train, targets[:, expensive], candidates)
+            mean, std = _bayesian_linear(train, targets[:, expensive], query)
             optimistic[:, index] = mean - signs[index] * BETA * std
             front[:, index] = targets[:, expensive]
             predicted[objective.name] = mean
             expensive += 1
-        feasible = np.array([self._within_budget(self._cheap_of(t)) and _feasible(t) for t in usable])
-        front = front[feasible] * signs
-        optimistic = optimistic * signs
-        choice, gain = _best_improvement(optimistic, front, self.rng)
-        return keys[choice], {name: float(values[choice]) for name, values in predicted.items()}, gain
-
-    def _trial_features(self, params: dict[str, Any]) -> np.ndarray:
-        config = self.space.decode(params)
-        return self._features(params, config, self.cheap(config))
-
-    def _cheap_of(self, trial) -> dict[str, float]:
-        key = params_key(trial.params)
-        return self._pool[key][2] if key in self._pool else self.cheap(self.space.decode(trial.params))
+        feasible = arrays["within"][rows] & np.array([_feasible(t) for t in usable])
+        best, gain = _best_improvement(optimistic * signs, front[feasible] * signs, self.rng)
+        return int(candidates[best]), {name: float(values[best]) for name, values in predicted.items()}, gain
 
 
 def _feasible(trial) -> bool:

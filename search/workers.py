@@ -51,7 +51,7 @@ def run_search(
         raise UserError(f"--trials {n_trials} exceeds the {settings.space.size()} members of the search space; lower --trials or widen the space")
     url = storage_url(storage, Path(run_dir) if run_dir else DEFAULT_RUN_ROOT / study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = open_storage(url, heartbeat_s=heartbeat_s)
+    store = open_storage(url, heartbeat_s=heartbeat_s, fast_commits=True)
     evaluator = TrialEvaluator(settings)  # loads the estimator and latency predictor: their errors come first
     study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator))
     with SearchProgress(n_trials, enabled=progress) as bar:
@@ -70,7 +70,7 @@ def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         settings = SearchSettings.from_dict(settings_dict)
-        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s), n_trials, worker=worker)
+        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s, fast_commits=True), n_trials, worker=worker)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

@@ -86,15 +86,16 @@ WORKER_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from test_search import tiny_settings
     from search import run_search
-    run_search(tiny_settings(seed=int(sys.argv[3])), sys.argv[1], sys.argv[2], int(sys.argv[4]), heartbeat_s=1)
+    objectives = sys.argv[5] if len(sys.argv) > 5 else "params,flops"
+    run_search(tiny_settings(seed=int(sys.argv[3]), objectives=objectives), sys.argv[1], sys.argv[2], int(sys.argv[4]), heartbeat_s=1)
     """
 )
 
 
-def start_worker(url: str, study: str, n_trials: int, seed: int, cache_dir: Path) -> subprocess.Popen:
+def start_worker(url: str, study: str, n_trials: int, seed: int, cache_dir: Path, objectives: str = "params,flops") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1",
            "HRVIT_NAS_CACHE_DIR": str(cache_dir)}
-    return subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, study, url, str(seed), str(n_trials)], env=env,
+    return subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, study, url, str(seed), str(n_trials), objectives], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -110,7 +111,8 @@ def test_sigkilled_worker_is_resumed_without_losing_trials(tmp_path):
     from search import open_storage, run_search
 
     url, target = sqlite_url(tmp_path), 6
-    worker = start_worker(url, "killed", target, seed=11, cache_dir=tmp_path / "cache")
+    slow = "accuracy,params"  # counts alone are instant: the zero-cost estimator keeps a trial in flight to kill
+    worker = start_worker(url, "killed", target, seed=11, cache_dir=tmp_path / "cache", objectives=slow)
     storage = open_storage(url, heartbeat_s=None)
 
     def states():
@@ -130,7 +132,7 @@ def test_sigkilled_worker_is_resumed_without_losing_trials(tmp_path):
     assert stale, "the kill should leave the in-flight trial RUNNING"
     time.sleep(2.5)  # past the heartbeat grace period (2 x 1 s)
 
-    study = run_search(tiny_settings(seed=11), "killed", url, target, heartbeat_s=1)
+    study = run_search(tiny_settings(seed=11, objectives=slow), "killed", url, target, heartbeat_s=1)
     after = completed(study)
     assert len(after) == target
     assert {n: after[n] for n in before} == before, "no completed trial lost or changed"
