@@ -272,6 +272,8 @@ def export_onnx(model: torch.nn.Module, config: ArchConfig, path: Path) -> float
 def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path]) -> None:
     """Refuse before any work: an existing --out without --force, or one whose replacement would delete inputs."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not options.force and not is_export_bundle(out_dir):
+            raise ExportError(f"--out {str(out_dir)!r} exists and is not an export bundle; choose another --out (--force replaces only export bundles)")
         if not options.force:
             raise ExportError(f"output directory {str(out_dir)!r} exists; pass --force to replace it or choose another --out")
         inside = [p for p in protected if Path(p).absolute() == out_dir or out_dir in Path(p).absolute().parents]

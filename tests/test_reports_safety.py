@@ -74,6 +74,15 @@ def test_force_refuses_a_bundle_with_extra_files(study_url, tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() == b"weeks of training"
 
 
+def test_without_force_a_non_bundle_is_not_offered_to_force(study_url, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert export(study_url, "--trial", "1", "--out", str(out)) == 2
+    err = one_error_line(capsys)
+    assert "is not an export bundle" in err and "pass --force" not in err
+
+
 def test_force_refuses_a_plain_file(study_url, tmp_path, capsys):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
