@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +110,6 @@ class LoadWindow:
 
     def __init__(self) -> None:
         self._start = _cpu_times()
-        self._opened = time.monotonic()
 
     def close(self) -> SystemLoad:
         end = _cpu_times()

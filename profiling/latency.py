@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from hrvit_nas.errors import UserError
 from profiling.device import synchronize
+from profiling.fingerprint import device_fingerprint
 from profiling.interference import (
     CONTENDED_RATIO,
     CONTENDED_WAIT,
@@ -62,8 +64,6 @@ def default_threads() -> int:
 
 
 def check_threads(threads: object, *, source: str = "threads") -> int:
-    from hrvit_nas.errors import UserError
-
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise UserError(f"{source} {threads!r} is invalid; give a positive integer (CPU intra-op threads)")
     return threads
@@ -270,10 +270,8 @@ def _wait_share(plan: _Plan, threads: int) -> float | None:
 
 def _interference(samples: dict[str, list[float]], threads: int, baseline: ReferenceBaseline | None) -> float:
     """How many times slower the reference ran than its quiet median on this machine at ``threads``."""
-    from profiling.fingerprint import device_fingerprint
-
     reference = samples[_REFERENCE]
-    key = f"{device_fingerprint('cpu', threads=threads, volatile=False)['fingerprint_id']}"
+    key = device_fingerprint("cpu", threads=threads, volatile=False)["fingerprint_id"]
     quiet = (baseline or ReferenceBaseline()).observe(key, statistics.median(reference))
     # A trimmed mean, not the median: contention in a fifth of the trials already shows, before it moves the
     # candidates' medians, while one stray hiccup (trimmed away) does not.

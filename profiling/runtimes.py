@@ -58,7 +58,7 @@ def check_runtime(name: str, device: torch.device, dtype: str) -> None:
         if dtype == "fp16" and device.type != "cuda":
             raise UserError("runtime onnxruntime runs fp16 only on CUDA; use --dtype fp32 on CPU")
     if name == "tensorrt":
-        _require("torch_tensorrt", "runtime tensorrt needs torch-tensorrt: pip install torch-tensorrt (matching your torch)")
+        _require("torch_tensorrt", "runtime tensorrt needs torch-tensorrt: pip install 'hrvit-nas[tensorrt]' (a build matching your torch and CUDA)")
 
 
 def runtime_version(name: str) -> str:
@@ -71,10 +71,9 @@ def runtime_version(name: str) -> str:
     return f"torch {torch.__version__}" + (f", cuda {torch.version.cuda}" if torch.version.cuda else "")
 
 
-def _require(module: str, message: str):
+def _require(module: str, message: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UserError(message)
-    return importlib.import_module(module)
 
 
 def _onnxruntime_providers(name: str, device: torch.device) -> list:
@@ -197,7 +196,7 @@ def _onnxruntime(
 
     half = dtype == "fp16"
     example = inputs.half() if half else inputs
-    exported = (model.half() if half else model)
+    exported = model.half() if half else model
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
