@@ -3,8 +3,10 @@
 Measured on a shared 2-core host: one timing trial varies 4-6% between trials whatever its length, the
 median of 10-20 short trials gets under 2%, and a process's first calls are 1.5-1.8x steady state. So:
 warm up for >= 1 s, time several short trials (each averages enough calls to last ``trial_s``), report
-the median with its spread (and a 20% trimmed mean), interleave candidates that are compared, and flag a
-median whose estimated relative error exceeds 2% as unstable.
+the median with its spread (and a 20% trimmed mean), interleave candidates that are compared, keep
+Python's garbage collector out of the timed rounds, and flag a median whose estimated relative error
+exceeds 2% as unstable (``benchmarks/profile_stability.py`` prints the CV of repeated medians, trimmed
+means and fastest trials side by side, to choose the reported statistic on a quiet machine).
 
 Other processes on the machine are the larger danger (b1 read 14.6x slower beside 4 busy loops), so on
 CPU a reference kernel runs interleaved with the candidates (``profiling.interference``): when it is
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import statistics
@@ -169,6 +172,19 @@ def _timed_trial(plan: _Plan, name: str) -> float:
     return seconds
 
 
+@contextlib.contextmanager
+def _no_garbage_collection() -> Iterator[None]:
+    """As ``timeit`` does: a collection pause inside a trial is noise, not the model's latency."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _rounds(plan: _Plan) -> dict[str, list[float]]:
     """Round-robin trials (rotating start) until every candidate is stable, ``max_trials`` or the deadline."""
     names = list(plan.runs)
@@ -239,7 +255,8 @@ def measure_runs(
             if attempt > 1:
                 bar.describe(f"timing (attempt {attempt}: others were loading the CPU)", total=trials, completed=0)
             window = LoadWindow()
-            samples = _rounds(plan)
+            with _no_garbage_collection():
+                samples = _rounds(plan)
             load = window.close()
             ratio = _interference(samples, used_threads, baseline) if on_cpu else None
             waiting = _wait_share(plan, used_threads) if on_cpu else None
