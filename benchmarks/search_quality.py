@@ -35,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

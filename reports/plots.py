@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -201,32 +200,21 @@ def baseline_label(row: pd.Series) -> str:
 
 # ---------------------------------------------------------------------------------- hypervolume
 def hypervolume_plot(data: StudyData) -> Figure | None:
-    """Feasible hypervolume after each trial, computed by Optuna.
+    """Feasible hypervolume after each trial (``search.hypervolume``, the one implementation the search's
+    progress bar and benchmark share).
 
     Reference point: the worst feasible value of each objective, pushed 10% of its range further.
     """
-    from optuna.trial import TrialState
-    from optuna.visualization.matplotlib import plot_hypervolume_history
+    from search.hypervolume import feasible_trials, hypervolume_history, reference_point
 
     study = data.study
     if len(study.directions) < 2:
         return None
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(c <= 0 for c in t.constraints.values())]
+    feasible = feasible_trials(study)
     if not feasible:
         return None
-    values = np.array([t.values for t in feasible], dtype=float)
-    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions])
-    worst = (values * signs).max(axis=0)
-    spread = (values * signs).max(axis=0) - (values * signs).min(axis=0)
-    reference = signs * (worst + 0.1 * np.where(spread > 0, spread, np.abs(worst) + 1.0))
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings(), matplotlib.rc_context():  # it is experimental and sets a global style
-        warnings.simplefilter("ignore")
-        optuna_ax = plot_hypervolume_history(study, reference.tolist())
-    trial_numbers, hypervolumes = optuna_ax.get_lines()[0].get_data()
-    plt.close(optuna_ax.figure)
+    reference = reference_point([t.values for t in feasible], study.directions)
+    trial_numbers, hypervolumes = zip(*hypervolume_history(study, reference))
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(trial_numbers, hypervolumes, marker="o", ms=3, color=COLORS["feasible"])

@@ -42,20 +42,23 @@ def reference_point(values, directions: Sequence[StudyDirection | str], margin: 
     return list((worst + margin * span) * signs)
 
 
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(c <= 0 for c in trial.constraints.values()) and all(math.isfinite(v) for v in trial.values)
+
+
 def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials within every budget and with finite values, in trial-number order."""
-    return [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if all(c <= 0 for c in t.constraints.values()) and all(math.isfinite(v) for v in t.values)
-    ]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
 
 
 def hypervolume_history(study: optuna.Study, reference: Sequence[float]) -> list[tuple[int, float]]:
-    """(trial number, hypervolume of the feasible trials up to it) after every feasible COMPLETE trial."""
-    history, values = [], []
-    for trial in feasible_trials(study):
-        values.append(trial.values)
-        history.append((trial.number, hypervolume(values, study.directions, reference)))
+    """(trial number, hypervolume of the feasible trials up to it) after every COMPLETE trial."""
+    history, values, current = [], [], 0.0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if _feasible(trial):
+            values.append(trial.values)
+            current = hypervolume(values, study.directions, reference)
+        history.append((trial.number, current))
     return history
 
 

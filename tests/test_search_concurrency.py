@@ -15,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 from test_search import TINY_SPACE, _one_thread_shared_cache, sqlite_url, tiny_settings  # noqa: F401  (autouse fixture)
-from test_search_storage import POSTGRES_ENV, postgres_url  # noqa: F401  (fixture)
+from test_search_storage import postgres_url  # noqa: F401  (fixture)
 
 from hrvit_nas.errors import UserError
 
