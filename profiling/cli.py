@@ -73,14 +73,14 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
     return height, int(match.group(2) or height)
 
 
-def _config(args: argparse.Namespace, path: str | None = None):
+def _config(args: argparse.Namespace, path: str | None, input_size: tuple[int, int] | None = None):
+    """CONFIG file or ``--preset`` (fitted to ``input_size``, default ``--input``)."""
     from hrvit_space.cli import load_preset
     from hrvit_space.config import ArchConfig
 
-    path = args.config if path is None else path
     if (path is None) == (args.preset is None):
         raise UserError("give exactly one of CONFIG (a YAML/JSON file) or --preset b1|b2|b3")
-    return load_preset(args.preset, parse_input_size(args.input)) if args.preset else ArchConfig.load(path)
+    return load_preset(args.preset, input_size or parse_input_size(args.input)) if args.preset else ArchConfig.load(path)
 
 
 def handle_profile(args: argparse.Namespace) -> int:
@@ -97,7 +97,7 @@ def handle_profile(args: argparse.Namespace) -> int:
         raise UserError(f"--batch {args.batch} is invalid; give a positive integer")
     from profiling.profiler import profile
 
-    config = _config(args)
+    config = _config(args, args.config)
     cache = (args.cache or "default") if args.use_cache else None
     result = profile(
         config, device=args.device, input_size=parse_input_size(args.input), batch=args.batch, dtype=args.dtype,
@@ -191,9 +191,9 @@ def _predict(args: argparse.Namespace) -> int:
     """Answer from a predictor file: no model is built or timed."""
     from profiling.predictor import LatencyPredictor
 
-    config = _config(args, args.predict_config)
     predictor = LatencyPredictor.load(args.predictor or DEFAULT_PREDICTOR, device=None if args.device == "auto" else args.device)
     size = parse_input_size(args.input) or tuple(predictor.structure["input_size"])
+    config = _config(args, args.predict_config, size)
     predictor.check(runtime=args.runtime, dtype=args.dtype, batch=args.batch, input_size=size)
     latency_ms = predictor.predict(config.replace(input_size=size))
     answer = {"config_hash": config.content_hash(), "latency_ms": latency_ms, "latency_source": "predictor",

@@ -73,6 +73,8 @@ def test_profile_predict_answers_from_the_predictor_file_without_timing(predicto
     assert run_cli(["profile", "predict", str(config_file), "--predictor", str(path), "--device", "cpu", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["latency_ms"] == pytest.approx(predictor.predict(config)) and answer["latency_source"] == "predictor"
+    assert run_cli(["profile", "predict", "--preset", "b1", "--predictor", str(path), "--device", "cpu"]) == 2
+    assert "fixed architecture" in capsys.readouterr().err  # a preset outside the predictor's space: refused, not guessed
     assert run_cli(["profile", "predict", str(config_file), "--predictor", str(path), "--device", "cpu", "--batch", "2"]) == 2
     assert "batch 1 (asked: 2)" in capsys.readouterr().err
     stale = json.loads(path.read_text())
