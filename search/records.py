@@ -120,6 +120,7 @@ def load_trials(study_or_storage: optuna.Study | str, study_name: str | None = N
         study = open_study(study_name, study_or_storage)
     frame = trials_frame(study)
     objectives = [o["name"] for o in study_settings(study)["objectives"]]
-    names = study.metric_names
-    label = names[objectives.index("accuracy")] if names and "accuracy" in objectives else "estimator score"
+    if "accuracy" not in objectives:
+        return frame.drop(columns=["accuracy"])  # no estimator ran: the column would only hold None
+    label = study.metric_names[objectives.index("accuracy")] if study.metric_names else "estimator score"
     return frame.rename(columns={"accuracy": f"accuracy [{label}]"})

@@ -237,6 +237,8 @@ def test_load_trials_gives_one_flat_frame_with_units_in_the_column_names(tmp_pat
     assert load_trials(study).columns.tolist() == frame.columns.tolist()
     with pytest.raises(UserError, match="give the study name"):
         load_trials(sqlite_url(tmp_path))
+    run_search(tiny_settings(), "counts", sqlite_url(tmp_path), 1)
+    assert not any(c.startswith("accuracy") for c in load_trials(sqlite_url(tmp_path), "counts").columns)
 
 
 # --------------------------------------------------------------------------------- hypervolume
