@@ -5,13 +5,15 @@ latency and energy are not. So for every proposal the sampler screens thousands 
 memory (the whole space when it has at most ``ENUMERATE_LIMIT`` members, else a seeded random pool
 grown around the measured front): candidates that break a params/FLOPs budget or that the study has
 already seen are dropped, each expensive objective is predicted by a Bayesian linear model fitted on
-the measured trials (features: the knobs one-hot and as numbers, log params and log FLOPs), and the
+the measured trials (features: the knobs one-hot and as numbers, blocks per branch, log params and log
+FLOPs and their squares; the predictive deviation includes the residual noise), and the
 candidate with the largest optimistic hypervolume improvement over the measured front (prediction
 plus ``BETA`` standard deviations) is the one measured. The first ``STARTUP`` proposals spread over
 compute instead. Only measured trials reach the study; the screening statistics of a proposal are
 kept on the sampler (``screening[trial number]``) and stored by the evaluator as the trial's
-``screening`` attribute. All state is re-derived from the stored trials, so a resumed study, or a
-second worker, continues where the study is.
+``screening`` attribute. The predictors are re-fitted from the stored trials at every proposal, so a
+resumed study, or a second worker, continues where the study is. On the 5,184-member benchmark space it
+reaches 0.98 of the exhaustive hypervolume at 100 trials for 2 objectives (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The search itself: settings, samplers, the per-trial evaluation (cheap checks first) and a worker loop.
 
-A trial measures in order of cost and stops at the first broken budget: params (no forward pass),
-FLOPs (one traced pass), latency (predictor, else measured), energy (measured), accuracy (estimator).
+A trial measures in order of cost and stops at the first broken budget: params and FLOPs (analytic,
+no model), latency (predictor, else measured), energy (measured), plug-in objectives, accuracy (estimator).
 A stopped trial is COMPLETE and infeasible: it keeps what was measured, its unmeasured objectives hold
 the worst value (inf, or -inf for accuracy), and its unmeasured constraints hold 0 (Optuna needs
 the same constraint keys on every trial). Budgets are Optuna 5 per-trial constraints
@@ -14,8 +14,8 @@ propose the same architecture at the same instant are the one exception: the lat
 when ``--trials`` are already complete or running is PRUNED unmeasured (``surplus``), so the study
 never holds more than ``--trials`` COMPLETE trials (and at most workers - 1 such placeholders).
 
-The model is built once per trial at most: params and FLOPs are analytic (``profiling.analytic``),
-only timing (the profiler) and the accuracy estimator need a network.
+Params and FLOPs are analytic (``profiling.analytic``), so no model is built to count them: only timing
+(the profiler, which builds it once) and the accuracy estimator (its own seeded initialisation) build one.
 """
 
 from __future__ import annotations
