@@ -90,9 +90,9 @@ def _blocks(t: _Tally, b: int, depth: int, dim: int, window: int, hidden: int, s
     t.add("mixcfn", b, params=fc1[0] + fc2[0] + convs, macs=fc1[1] + fc2[1] + tokens * hidden * 25, times=depth)  # one 5x5 conv
 
 
-def _fusion(t: _Tally, config: ArchConfig, c_in: tuple[int, ...], c_out: tuple[int, ...]) -> None:
+def _fusion(t: _Tally, sizes: list[tuple[int, int]], c_in: tuple[int, ...], c_out: tuple[int, ...]) -> None:
     for i, out in enumerate(c_out):
-        target = config.feature_size(i)
+        target = sizes[i]
         for j, source_channels in enumerate(c_in):
             if j < i:
                 factor = 2 ** (i - j)
@@ -101,14 +101,13 @@ def _fusion(t: _Tally, config: ArchConfig, c_in: tuple[int, ...], c_out: tuple[i
                 pw = _conv_bn(source_channels, out, 1, pixels)
                 t.add("fusion", i, params=dw[0] + pw[0], macs=dw[1] + pw[1])
             elif j > i:
-                source = config.feature_size(j)
+                source = sizes[j]
                 params, macs = _conv_bn(source_channels, out, 1, source[0] * source[1])
                 t.add("fusion", i, params=params, macs=macs)
 
 
-def _head(t: _Tally, config: ArchConfig) -> None:
+def _head(t: _Tally, config: ArchConfig, sizes: list[tuple[int, int]]) -> None:
     head = config.head
-    sizes = [config.feature_size(b) for b in range(config.num_branches)]
     pixels = [h * w for h, w in sizes]
     if head.kind == "segformer":
         for c, n in zip(config.channels, pixels):
@@ -136,15 +135,16 @@ def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = Non
     t = _Tally()
     half_size = tuple(math.ceil(s / 2) for s in config.input_size)
     stem1 = _conv_bn(config.in_chans, STEM_WIDTH // 2, 3, half_size[0] * half_size[1])
-    h0, w0 = branch_feature_size(config.input_size, 0)
+    sizes = [branch_feature_size(config.input_size, b) for b in range(config.num_branches)]
+    h0, w0 = sizes[0]
     stem2 = _conv_bn(STEM_WIDTH // 2, STEM_WIDTH, 3, h0 * w0)
     t.add("stem", None, params=stem1[0] + stem2[0], macs=stem1[1] + stem2[1])
     in_channels: tuple[int, ...] = (STEM_WIDTH,)
     for m, depths in enumerate(config.depths):
         fused = in_channels + tuple(config.channels[len(in_channels):len(depths)])
-        _fusion(t, config, in_channels, fused)
+        _fusion(t, sizes, in_channels, fused)
         for b, depth in enumerate(depths):
-            dim, size = config.channels[b], config.feature_size(b)
+            dim, size = config.channels[b], sizes[b]
             pixels = size[0] * size[1]
             pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
             t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
@@ -153,7 +153,7 @@ def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = Non
                 _blocks(t, b, depth, dim, config.window_sizes[b], hidden, size)
             t.add("norm", b, params=2 * dim)
         in_channels = config.channels[: len(depths)]
-    _head(t, config)
+    _head(t, config, sizes)
     scale = {kind: Counter({k: v * batch for k, v in counts.items()}) for kind, counts in t.macs.items()}
     return AnalyticCounts(
         params=sum(t.params["component"].values()),
