@@ -11,7 +11,7 @@ import functools
 import json
 import random
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -63,6 +63,18 @@ def cheap_measurements(config: ArchConfig, batch: int = 1) -> dict[str, float]:
         "gmacs_by_branch": {k: v / 1e9 for k, v in counts.macs_by_branch.items()},
         "gmacs_by_component": {k: v / 1e9 for k, v in counts.macs_by_component.items()},
     }
+
+
+def cheap_function(batch: int = 1, latency_predictor=None) -> Callable[[ArchConfig], dict[str, float]]:
+    """What the screening sampler knows without measuring: the counts, plus the latency predictor's answer
+    (table lookups, no timing) when the search has one, so a latency budget is screened exactly too."""
+    if latency_predictor is None:
+        return functools.partial(cheap_measurements, batch=batch)
+
+    def counts_and_predicted_latency(config: ArchConfig) -> dict[str, float]:
+        return {**cheap_measurements(config, batch), "latency_ms": float(latency_predictor.predict(config))}
+
+    return counts_and_predicted_latency
 
 
 def seen_keys(study: optuna.Study, current: optuna.trial.FrozenTrial | None = None) -> set[str]:
@@ -126,14 +138,15 @@ class DistinctSampler(optuna.samplers.BaseSampler):
 
 def make_sampler(
     name: str, seed: int | None, *, space: SearchSpace, objectives: Sequence, budgets: Mapping[str, float] | None = None,
-    batch: int = 1,
+    batch: int = 1, latency_predictor=None,
 ) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` for a study over ``space`` with ``objectives`` (``search.objectives.Objective``)
-    and ``budgets`` (budget name -> limit)."""
+    and ``budgets`` (budget name -> limit); ``latency_predictor`` (a ``profiling.LatencyPredictor``) makes
+    latency cheap to screen."""
     if name == "cheap-first":
         from search.screening import CheapFirstSampler
 
-        return CheapFirstSampler(space, objectives, budgets or {}, cheap=functools.partial(cheap_measurements, batch=batch), seed=seed)
+        return CheapFirstSampler(space, objectives, budgets or {}, cheap=cheap_function(batch, latency_predictor), seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "nsga2":

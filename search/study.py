@@ -402,12 +402,12 @@ def run_worker(
     turns stale, is failed and re-queued); without one they are not waited for.
     """
     existing = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    evaluator = evaluator or TrialEvaluator(settings)
     sampler = make_sampler(
         settings.sampler, derive_seed(settings.seed, existing, worker), space=settings.space,
-        objectives=settings.objective_specs, budgets=settings.budgets, batch=settings.batch,
+        objectives=settings.objective_specs, budgets=settings.budgets, batch=settings.batch, latency_predictor=evaluator.predictor,
     )
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
-    evaluator = evaluator or TrialEvaluator(settings)
     evaluator.n_trials = n_trials
     heartbeat = has_heartbeat(storage)
     last: list[optuna.trial.FrozenTrial] = []
