@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--input", default="224x224", help="input size HxW (default 224x224, small enough for a CPU)")
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--runtime", default="eager", help="runtime latency is measured on: eager (default), compile, onnxruntime, "
+                      "or on a GPU cuda-graphs, onnxruntime-trt, tensorrt")
+    demo.add_argument("--dtype", default="fp32", help="precision of the timed model: fp32 (default), fp16, bf16")
     demo.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: the cores this process may use)")
     demo.set_defaults(func=run_demo)
 
@@ -49,9 +52,9 @@ def run_demo(args: argparse.Namespace) -> int:
     input_size = parse_input_size(args.input)
     settings = SearchSettings(
         space=load_space(None, input_size), objectives=("accuracy", "latency"), input_size=input_size, device=args.device,
-        seed=args.seed, baselines=True,
+        runtime=args.runtime, dtype=args.dtype, seed=args.seed, baselines=True,
     )
-    print(f"searching {settings.space} at {args.input} on {args.device}: {args.trials} trials into {storage}")
+    print(f"searching {settings.space} at {args.input} on {args.device} ({args.runtime} {args.dtype}): {args.trials} trials into {storage}")
     study = run_search(settings, DEMO_STUDY, storage, args.trials, run_dir=out, progress=True)
 
     data = study_data(study)

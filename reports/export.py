@@ -131,6 +131,10 @@ def trial_metrics(data: StudyData, trial: Any, config: ArchConfig, checks: dict[
         "objectives": data.settings.get("objectives", []),
         "objective_values": [value if math.isfinite(value) else None for value in trial.values or []],
         "budgets": data.settings.get("budgets", {}),
+        # what latency and its budget were measured on (studies from before runtimes: eager fp32)
+        "runtime": data.settings.get("runtime", "eager"),
+        "dtype": data.settings.get("dtype", "fp32"),
+        "batch": data.settings.get("batch", 1),
         "feasible": attrs.get("feasible"),
         "violations": attrs.get("violations", {}),
         "estimator": attrs.get("estimator"),

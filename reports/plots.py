@@ -35,8 +35,11 @@ STYLE = {
     "axes.spines.right": False,
 }
 # Drawing order: the study's front stays visible above the baseline diamonds that may share its points.
-ZORDER = {"infeasible": 2, "feasible": 2, "baseline": 4, "pareto": 5}
-COLORS = {"infeasible": "#b5b5b5", "feasible": "#4c72b0", "pareto": "#d62728", "baseline": "#2ca02c", "budget": "#333333"}
+ZORDER = {"infeasible": 2, "feasible": 2, "baseline": 4, "pareto": 5, "contended": 6}
+COLORS = {
+    "infeasible": "#b5b5b5", "feasible": "#4c72b0", "pareto": "#d62728", "baseline": "#2ca02c", "budget": "#333333",
+    "contended": "#ff7f0e",
+}
 FORMATS = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 MAX_BREAKDOWN_TRIALS = 12
 BREAKDOWN_LEGEND_COLUMNS = 3
@@ -146,6 +149,19 @@ def _scatter_trials(ax: Axes, data: StudyData, x: Metric, y: Metric, size: float
         if len(group):
             ax.scatter(group[x.column], group[y.column], s=size, marker=marker, color=COLORS[color],
                        label=f"{label} ({len(group)})", zorder=ZORDER[color])
+    _ring_contended(ax, rows, x, y, size)
+
+
+def _ring_contended(ax: Axes, rows: pd.DataFrame, x: Metric, y: Metric, size: float) -> None:
+    """A hollow ring around each trial whose latency was measured while other processes loaded the CPU:
+    its latency reads high, so a reader should not trust where it sits on the latency axis."""
+    if "latency_ms" not in (x.column, y.column) or "latency_contended" not in rows:
+        return
+    contended = rows[rows["latency_contended"].eq(True)]
+    if len(contended):
+        ax.scatter(contended[x.column], contended[y.column], s=size * 4, marker="o", facecolors="none",
+                   edgecolors=COLORS["contended"], linewidths=1.3, label=f"latency contended ({len(contended)})",
+                   zorder=ZORDER["contended"])
 
 
 def _front_2d(rows: pd.DataFrame, x: Metric, y: Metric) -> pd.DataFrame:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,32 +56,18 @@ class StudyData:
 
 
 def load_study_data(name: str, storage: str | None) -> StudyData:
-    """Open ``name`` read-only in spirit: a missing local storage file is an error, never created."""
+    """Open ``name`` for reading: a missing local storage file is an error, never created, and
+    ``open_study`` refuses a store without Optuna's schema rather than writing it."""
     from search.records import open_study
-    from search.storage import default_storage_url, normalize_url
+    from search.storage import default_storage_url, normalize_url, redact
     from search.workers import DEFAULT_RUN_ROOT
 
     url = normalize_url(storage) if storage else default_storage_url(DEFAULT_RUN_ROOT / name)
     path = local_storage_file(url)
-    given = f"--storage {storage!r}" if storage else f"the default storage {path}"
+    given = f"--storage {redact(storage)!r}" if storage else f"the default storage {path}"
     if path is not None and not path.is_file():
         raise UserError(f"{given} does not exist; pass the --storage the search wrote to (see `hrvit-nas search --help`)")
-    if path is not None and url.startswith("sqlite"):
-        _require_optuna_tables(path, given)
     return study_data(open_study(name, url), url)
-
-
-def _require_optuna_tables(path: Path, given: str) -> None:
-    """Opening an SQLite file through Optuna writes its schema into it; a report must never change storage,
-    so a file without that schema (empty, or some other database) is refused after a read-only look."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError:
-        tables = set()
-    if "studies" not in tables:
-        raise UserError(f"{given} holds no Optuna study (it is empty or not an Optuna SQLite file); "
-                        "pass the --storage the search wrote to (see `hrvit-nas search --help`)")
 
 
 def local_storage_file(url: str) -> Path | None:

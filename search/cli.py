@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="profiling device: auto, cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--input", default=None, metavar="HxW", help="input size, e.g. 512x512 (default: the space's)")
     p.add_argument("--batch", type=int, default=1, help="batch size for profiling (default 1)")
+    p.add_argument("--runtime", default="eager", help="runtime latency is measured on (and its budget refers to): eager "
+                   "(default), compile, cuda-graphs, onnxruntime, onnxruntime-trt, tensorrt; fixed when the study is created")
+    p.add_argument("--dtype", default="fp32", help="precision of the timed model: fp32 (default), fp16, bf16")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one GPU each when several)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU intra-op threads per worker (default: the cores this process may use, split among --workers)")
@@ -81,10 +84,10 @@ def handle_search(args: argparse.Namespace) -> int:
     from search.study import SearchSettings
     from search.workers import run_search
 
-    if args.threads is not None or args.workers > 1:
-        from profiling.latency import default_threads, set_default_threads
+    if args.threads is not None:
+        from profiling.latency import set_default_threads
 
-        set_default_threads(args.threads if args.threads is not None else max(1, default_threads() // max(1, args.workers)))  # inherited
+        set_default_threads(args.threads)  # per worker; without it run_search splits the cores among --workers
     space = load_space(args.space, parse_input_size(args.input) if args.input else None)
     settings = SearchSettings(
         space=space,
@@ -98,6 +101,8 @@ def handle_search(args: argparse.Namespace) -> int:
         input_size=parse_input_size(args.input) if args.input else None,
         batch=args.batch,
         device=args.device,
+        runtime=args.runtime,
+        dtype=args.dtype,
         estimator=args.estimator,
         estimator_options=parse_options(args.estimator_option),
         sampler=args.sampler or DEFAULT_SAMPLER,

@@ -6,7 +6,9 @@ The contract (readers code against these names):
   "NASWOT score (log-det)"), ``latency`` (ms), ``energy`` (mJ per image,
   gross), ``params`` (M), ``flops`` (GFLOPs); study directions follow the settings' objective order.
 - Trial user_attrs: ``config`` (ArchConfig.to_dict()), ``config_hash``, ``measurements`` (``params_m``,
-  ``gmacs``, ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), ``energy_mj``,
+  ``gmacs``, ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), with a measured latency
+  ``latency_contended`` (True: other processes slowed it, ``profiling.interference``), ``latency_interference_ratio``
+  and ``latency_cpu_wait_pct``, ``energy_mj``,
   ``accuracy``, and the breakdowns ``params_m_by_branch``, ``gmacs_by_branch``, ``gmacs_by_component``;
   keys absent when not measured), ``fingerprint``, ``estimator``, ``baseline`` (enqueued presets only),
   ``feasible``, ``violations`` (budget -> amount over), ``failure_reason`` (FAILED trials only),
@@ -15,7 +17,7 @@ The contract (readers code against these names):
   placeholders of racing workers).
   Budgets are Optuna constraints named like the budgets (``max_latency_ms``, ...).
 - Study user_attr ``settings``: ``schema_version``, ``objectives`` ([{name, direction, unit}]),
-  ``budgets`` (only those set), ``space``, ``input_size``, ``batch``, ``device``, ``estimator``,
+  ``budgets`` (only those set), ``space``, ``input_size``, ``batch``, ``device``, ``runtime``, ``dtype``, ``estimator``,
   ``sampler``, ``seed``, ``created`` (plus ``estimator_options``, ``latency_predictor``, ``baselines``).
 """
 
@@ -33,7 +35,10 @@ from hrvit_space import ArchConfig
 from search.objectives import get_objective
 from search.storage import open_storage
 
-MEASUREMENT_COLUMNS = ("params_m", "gmacs", "gflops", "latency_ms", "latency_source", "energy_mj", "accuracy")
+MEASUREMENT_COLUMNS = (
+    "params_m", "gmacs", "gflops", "latency_ms", "latency_source", "latency_contended", "latency_interference_ratio",
+    "latency_cpu_wait_pct", "energy_mj", "accuracy",
+)
 
 
 def open_study(name: str, storage) -> optuna.Study:

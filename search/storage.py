@@ -84,7 +84,8 @@ def _local_path(url: str, scheme: str) -> Path:
 
 
 def open_storage(
-    url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: int = 3, fast_commits: bool = False
+    url: str, *, heartbeat_s: int | None = HEARTBEAT_S, retries: int = 3, fast_commits: bool = False,
+    existing: bool = False,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; RDB storages get a heartbeat so killed workers' trials are retried.
 
@@ -92,6 +93,9 @@ def open_storage(
     ``synchronous=NORMAL``. Optuna commits every parameter and attribute on its own (~40 per trial), and
     with SQLite's default rollback journal each commit waits for several fsyncs; in WAL mode a commit
     survives a killed process and waits for none (a power cut may lose the last trials, never the file).
+
+    ``existing`` (readers: reports, exports, ``load_trials``): Optuna writes its schema into any database it
+    opens, so the store is first looked at read-only and refused unless it already holds Optuna's tables.
 
     Raises ``UserError`` for an unknown scheme, an unreachable server or a file that is not a study store;
     nothing is created or changed in an existing store before it opens cleanly.
@@ -108,7 +112,9 @@ def open_storage(
         except Exception as error:  # corrupt journal lines, permissions
             raise UserError(f"--storage {redact(url)!r}: cannot read the journal ({redact(error)}); point to an Optuna journal file") from None
     if base_scheme == "sqlite":
-        _local_path(url, scheme)
+        path = _local_path(url, scheme)
+        if existing:
+            _require_sqlite_tables(path, given)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     elif base_scheme in RDB_SCHEMES:
         url = _with_installed_driver(url, scheme)
@@ -130,12 +136,16 @@ def open_storage(
         }
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
+            if existing and base_scheme in RDB_SCHEMES:
+                _require_server_tables(url, engine_kwargs, given)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
             if fast_commits and base_scheme == "sqlite":
                 _write_ahead_log(storage.engine)
             return storage
+        except UserError:
+            raise
         except ImportError as error:
             raise UserError(f"--storage {redact(given)}: the database driver is missing ({error}); pip install it") from None
         except Exception as error:  # sqlalchemy OperationalError / DatabaseError / ArgumentError / IntegrityError
@@ -148,6 +158,41 @@ def open_storage(
                 "and reachable, the credentials, and that a file is an Optuna SQLite study"
             ) from None
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _no_study_error(given: str) -> UserError:
+    return UserError(f"--storage {redact(given)} holds no Optuna study (it is missing, empty or not an Optuna store); "
+                     "pass the --storage the search wrote to (see `hrvit-nas search --help`)")
+
+
+def _require_sqlite_tables(path: Path, given: str) -> None:
+    """Look at the file through a read-only SQLite connection, which can neither create nor change it."""
+    import contextlib
+    import sqlite3
+
+    if not path.is_file():
+        raise _no_study_error(given)
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError:
+        tables = set()
+    if "studies" not in tables:
+        raise _no_study_error(given)
+
+
+def _require_server_tables(url: str, engine_kwargs: dict, given: str) -> None:
+    """Ask the server's catalogue whether Optuna's tables exist; inspecting creates nothing."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            present = sqlalchemy.inspect(connection).has_table("studies")
+    finally:
+        engine.dispose()
+    if not present:
+        raise _no_study_error(given)
 
 
 def _write_ahead_log(engine) -> None:

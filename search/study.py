@@ -32,6 +32,8 @@ from optuna.trial import TrialState
 
 from hrvit_nas.errors import UserError
 from hrvit_space import ArchConfig, SearchSpace, preset
+from profiling.device import resolve_device
+from profiling.runtimes import check_runtime
 from search.estimators import DEFAULT_ESTIMATOR, estimator_class, make_estimator
 from search.objectives import BUDGETS, DEFAULT_OBJECTIVES, check_budgets, get_objective, parse_objectives, violations
 from search.samplers import (
@@ -44,7 +46,9 @@ MAX_FAILURES_IN_A_ROW = 10
 SETTINGS_WAIT_S = 30  # a process that finds the study being created by another waits this long for its settings
 IN_PLAY = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 # Settings that must match when a study is resumed (the rest, e.g. sampler or seed, may change).
-RESUME_KEYS = ("objectives", "budgets", "space", "input_size", "batch", "estimator", "estimator_options", "latency_predictor")
+RESUME_KEYS = (
+    "objectives", "budgets", "space", "input_size", "batch", "runtime", "dtype", "estimator", "estimator_options", "latency_predictor",
+)
 
 
 class TrialFailed(Exception):
@@ -61,6 +65,8 @@ class SearchSettings:
     input_size: tuple[int, int] | None = None  # None: the space's input size
     batch: int = 1
     device: str = "auto"
+    runtime: str = "eager"  # what latency (and its budget) is measured on: profiling.runtimes.RUNTIMES
+    dtype: str = "fp32"
     estimator: str | None = None  # None: zero-cost when accuracy is an objective
     estimator_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = DEFAULT_SAMPLER
@@ -117,6 +123,8 @@ class SearchSettings:
             "input_size": list(self.input_size),
             "batch": self.batch,
             "device": self.device,
+            "runtime": self.runtime,
+            "dtype": self.dtype,
             "estimator": self.estimator,
             "estimator_options": dict(self.estimator_options),
             "sampler": self.sampler,
@@ -135,6 +143,8 @@ class SearchSettings:
             input_size=tuple(data["input_size"]),
             batch=data.get("batch", 1),
             device=data.get("device", "auto"),
+            runtime=data.get("runtime", "eager"),  # studies from before runtimes existed measured eager fp32
+            dtype=data.get("dtype", "fp32"),
             estimator=data.get("estimator"),
             estimator_options=data.get("estimator_options", {}),
             sampler=data.get("sampler", DEFAULT_SAMPLER),
@@ -188,6 +198,7 @@ class TrialEvaluator:
 
     def __init__(self, settings: SearchSettings) -> None:
         self.settings = settings
+        check_runtime(settings.runtime, resolve_device(settings.device), settings.dtype)  # e.g. tensorrt on a CPU: refused first
         self.n_trials: int | None = None  # set by run_worker: the surplus check needs the target count
         self.estimator = None
         if settings.estimator is not None:
@@ -200,6 +211,7 @@ class TrialEvaluator:
             from profiling import LatencyPredictor
 
             self.predictor = LatencyPredictor.load(settings.latency_predictor, device=settings.device)
+            self.predictor.check(runtime=settings.runtime, dtype=settings.dtype, batch=settings.batch, input_size=settings.input_size)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         config = suggest_config(trial, self.settings.space)
@@ -236,7 +248,9 @@ class TrialEvaluator:
     def _over(self, measurements: dict[str, Any]) -> bool:
         return bool(violations(measurements, self.settings.budgets))
 
-    def measure(self, config: ArchConfig, m: dict[str, Any], trial: optuna.Trial | None = None, *, accuracy: bool = True) -> None:
+    def measure(
+        self, config: ArchConfig, m: dict[str, Any], trial: optuna.Trial | None = None, *, accuracy: bool = True, progress: bool = False,
+    ) -> None:
         """Fill ``m`` cheapest first; return early once a budget is broken.
 
         Counts are analytic (no model); the profiler then builds the model once for timing and energy.
@@ -257,7 +271,10 @@ class TrialEvaluator:
             if self._over(m):
                 return
         if timed:
-            result = profile(config, measure_latency=True, energy=needs_energy, device=s.device, input_size=s.input_size, batch=s.batch)
+            result = profile(
+                config, measure_latency=True, energy=needs_energy, device=s.device, input_size=s.input_size, batch=s.batch,
+                runtime=s.runtime, dtype=s.dtype, progress=progress,
+            )
             if result.error:
                 raise RuntimeError(result.error)
             if trial is not None and result.fingerprint:
@@ -265,6 +282,7 @@ class TrialEvaluator:
             if "latency_ms" not in m:
                 m["latency_ms"] = result.latency.median
                 m["latency_source"] = "measured"
+                m.update(contention_measurements(result.latency))
             if needs_energy:
                 if result.energy is None or not result.energy.available:
                     reason = result.energy.unavailable_reason if result.energy else "not measured"
@@ -277,6 +295,16 @@ class TrialEvaluator:
                 m[spec.key] = float(spec.measure(config))
         if self.estimator is not None and accuracy:
             m["accuracy"] = float(self.estimator.estimate(config, trial))
+
+
+def contention_measurements(latency) -> dict[str, Any]:
+    """Whether other processes slowed this latency measurement (``profiling.interference``), and by how much:
+    a contended latency is kept (the trial is not wasted) but flagged in tables, plots and exports."""
+    return {
+        "latency_contended": bool(latency.contended),
+        "latency_interference_ratio": latency.interference,
+        "latency_cpu_wait_pct": latency.cpu_wait_pct,
+    }
 
 
 # ------------------------------------------------------------------------------- study set-up
@@ -354,14 +382,15 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
     return names
 
 
-def preflight(evaluator: TrialEvaluator) -> None:
+def preflight(evaluator: TrialEvaluator, *, progress: bool = False) -> None:
     """Before anything is stored: refuse budgets that even the smallest architecture breaks, and
-    energy objectives/budgets on a device that cannot measure energy."""
+    energy objectives/budgets on a device that cannot measure energy. ``progress``: its profile (minutes
+    at a large input) shows a progress line."""
     settings = evaluator.settings
     if not settings.budgets and "energy" not in settings.objectives:
         return
     m: dict[str, Any] = {}
-    evaluator.measure(settings.space.smallest(), m, accuracy=False)
+    evaluator.measure(settings.space.smallest(), m, accuracy=False, progress=progress)
     over = violations(m, settings.budgets)
     if over:
         name = next(iter(over))

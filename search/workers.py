@@ -53,7 +53,7 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url, heartbeat_s=heartbeat_s, fast_commits=True)
     evaluator = TrialEvaluator(settings)  # loads the estimator and latency predictor: their errors come first
-    study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator))
+    study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator, progress=progress))
     with SearchProgress(n_trials, enabled=progress) as bar:
         if workers == 1:
             run_worker(settings, study_name, store, n_trials, evaluator=evaluator, callbacks=[bar.update])
@@ -66,7 +66,10 @@ def run_search(
 def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, worker: int, heartbeat_s: int, threads: int) -> None:
     import torch
 
+    from profiling.latency import set_default_threads
+
     torch.set_num_threads(threads)
+    set_default_threads(threads)  # the profiler's timing threads: several workers must not oversubscribe the cores
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         settings = SearchSettings.from_dict(settings_dict)
@@ -74,6 +77,14 @@ def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, 
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+
+
+def worker_threads(workers: int) -> int:
+    """CPU threads per worker: ``--threads`` (``$HRVIT_NAS_THREADS``) when set, else the cores this process
+    may use split among the workers, so ``workers`` processes timing at once never oversubscribe them."""
+    from profiling.latency import THREADS_ENV, default_threads
+
+    return default_threads() if os.environ.get(THREADS_ENV) else max(1, default_threads() // workers)
 
 
 def _gpu_count(device: str) -> int:
@@ -87,7 +98,7 @@ def _gpu_count(device: str) -> int:
 def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, *, on_poll) -> None:
     context = multiprocessing.get_context("spawn")
     gpus = _gpu_count(settings.device)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers)
     processes = []
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:

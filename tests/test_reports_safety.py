@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from tests.test_reports import make_study, run_cli
+from tests.test_search_storage import new_postgres_database, postgres_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,22 @@ def test_report_leaves_a_file_without_an_optuna_schema_untouched(tmp_path, capsy
     assert "holds no Optuna study" in one_error_line(capsys)
     assert storage.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]  # no report dir, no journal files
+
+
+def test_report_writes_no_schema_into_an_empty_postgres_database(tmp_path, capsys, new_postgres_database):
+    import sqlalchemy
+
+    from search.storage import normalize_url
+
+    assert run_cli(["report", "--study", "tiny", "--storage", new_postgres_database, "--out", str(tmp_path / "r")]) == 2
+    assert "holds no Optuna study" in one_error_line(capsys)
+    engine = sqlalchemy.create_engine(normalize_url(new_postgres_database).replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with engine.connect() as connection:
+            assert sqlalchemy.inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "r").exists()
 
 
 def test_report_on_the_default_missing_storage_creates_nothing(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 from test_search import TINY_SPACE, _one_thread_shared_cache, sqlite_url, tiny_settings  # noqa: F401  (autouse fixture)
-from test_search_storage import postgres_url  # noqa: F401  (fixture)
+from test_search_storage import new_postgres_database, postgres_url  # noqa: F401  (fixtures)
 
 from hrvit_nas.errors import UserError
 
@@ -67,23 +66,8 @@ def test_processes_started_together_on_a_new_sqlite_file(tmp_path):
     assert_exactly_the_target(race(tmp_path, url), url)
 
 
-def test_processes_started_together_on_a_new_postgres_database(tmp_path, postgres_url):
-    import sqlalchemy
-
-    from search.storage import normalize_url
-
-    name = f"hrvit_race_{uuid.uuid4().hex[:8]}"
-    server = sqlalchemy.create_engine(normalize_url(postgres_url).replace("postgresql://", "postgresql+psycopg2://", 1),
-                                      isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    url = postgres_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        assert_exactly_the_target(race(tmp_path, url), url)
-    finally:
-        with server.connect() as connection:
-            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-        server.dispose()
+def test_processes_started_together_on_a_new_postgres_database(tmp_path, new_postgres_database):
+    assert_exactly_the_target(race(tmp_path, new_postgres_database), new_postgres_database)
 
 
 # ------------------------------------------------------------------------------------- resume

@@ -121,8 +121,19 @@ def test_sigkilled_worker_is_resumed_without_losing_trials(tmp_path):
         except KeyError:  # the worker has not created the study yet
             return []
 
+    def frozen_in_flight() -> bool:
+        """Stop the worker while a trial runs; a trial that finished between the look and the stop would
+        otherwise leave nothing RUNNING to retry, so look again while it is stopped."""
+        if not (states().count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states()):
+            return False
+        os.killpg(worker.pid, signal.SIGSTOP)
+        if TrialState.RUNNING in states():
+            return True
+        os.killpg(worker.pid, signal.SIGCONT)
+        return False
+
     try:
-        wait_for(lambda: states().count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states(), 240, "a trial in flight")
+        wait_for(frozen_in_flight, 240, "a trial in flight")
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
@@ -163,6 +174,26 @@ def postgres_url():
             pytest.fail(f"{POSTGRES_ENV} is not set in CI: .ci/run must start PostgreSQL")
         pytest.skip(f"{POSTGRES_ENV} not set (no PostgreSQL server for this run)")
     return url
+
+
+@pytest.fixture
+def new_postgres_database(postgres_url):
+    """The URL of a brand-new, empty database on the test server, dropped afterwards."""
+    import sqlalchemy
+
+    from search.storage import normalize_url
+
+    name = f"hrvit_new_{uuid.uuid4().hex[:8]}"
+    server = sqlalchemy.create_engine(normalize_url(postgres_url).replace("postgresql://", "postgresql+psycopg2://", 1),
+                                      isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with server.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        server.dispose()
 
 
 def test_postgres_workers_and_a_second_machine_cooperate(tmp_path, postgres_url):
