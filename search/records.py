@@ -42,8 +42,9 @@ MEASUREMENT_COLUMNS = (
 
 
 def open_study(name: str, storage) -> optuna.Study:
-    """Load a search study; unknown names list the studies that exist in the storage."""
-    storage = open_storage(storage, heartbeat_s=None) if isinstance(storage, str) else storage
+    """Load a search study for reading (never creates a storage or its schema); unknown names list the
+    studies that exist in the storage."""
+    storage = open_storage(storage, heartbeat_s=None, existing=True) if isinstance(storage, str) else storage
     names = optuna.get_all_study_names(storage)
     if name not in names:
         listing = ", ".join(sorted(names)) if names else "none"
