@@ -45,6 +45,7 @@ BASELINE_PRESETS = ("b1", "b2", "b3")
 MAX_FAILURES_IN_A_ROW = 10
 SETTINGS_WAIT_S = 30  # a process that finds the study being created by another waits this long for its settings
 IN_PLAY = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+PARAMS_WAIT_S = 10.0  # how long a trial waits for an earlier one still in its sampler (a killed one's never come)
 # Settings that must match when a study is resumed (the rest, e.g. sampler or seed, may change).
 RESUME_KEYS = (
     "objectives", "budgets", "space", "input_size", "batch", "runtime", "dtype", "estimator", "estimator_options", "latency_predictor",
@@ -178,8 +179,16 @@ def refuse_surplus_or_duplicate(trial: optuna.Trial, n_trials: int, budgets: Seq
     """Prune ``trial`` unmeasured when earlier trials already fill ``n_trials`` or hold its architecture.
 
     Trial numbers are assigned by the storage in creation order, so of several processes racing for the
-    last slot exactly the earliest trials go on."""
-    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and t.state in IN_PLAY]
+    last slot exactly the earliest trials go on. An earlier trial of another process may still be in its
+    sampler, with no parameters stored yet; it is waited for (briefly: every trial stores its parameters
+    first), else two workers proposing one architecture at the same instant would both measure it."""
+    deadline = time.monotonic() + PARAMS_WAIT_S
+    while True:
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and t.state in IN_PLAY]
+        sampling = [t for t in earlier if t.state == TrialState.RUNNING and len(t.params) < len(trial.params)]
+        if not sampling or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     key = params_key(trial.params)
     twin = next((t for t in earlier if params_key(t.params) == key), None)
     if len(earlier) < n_trials and twin is None:
