@@ -5,7 +5,7 @@ Column names follow the trial-record contract: the unit is part of the name (``l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from search.objectives import BUDGETS, OBJECTIVES
 
@@ -17,10 +17,14 @@ class Metric:
     unit: str
     maximize: bool
     budget: str | None  # key in settings["budgets"]
+    measures: str | None = field(default=None, compare=False)  # what a study's accuracy estimator returns
 
     @property
     def label(self) -> str:
-        return f"{self.objective} ({'estimator score' if self.objective == 'accuracy' else self.unit})"
+        """Axis and table label: a proxy is never called plain "accuracy" without saying which one."""
+        if self.objective == "accuracy":
+            return f"accuracy: {self.measures}" if self.measures else "accuracy (estimator score)"
+        return f"{self.objective} ({self.unit})"
 
 
 METRICS: tuple[Metric, ...] = tuple(

@@ -77,7 +77,7 @@ def render_figures(data: StudyData, out_dir: Path) -> dict[str, list[Path]]:
 def figure_builders(data: StudyData) -> list[tuple[str, Callable[[], Figure | None]]]:
     """(file stem, builder) for every figure of the report, in report order."""
     measured = data.measured()
-    y = BY_COLUMN["accuracy"] if BY_COLUMN["accuracy"] in measured else (data.objectives or measured)[0]
+    y = data.named(BY_COLUMN["accuracy"]) if BY_COLUMN["accuracy"] in measured else (data.objectives or measured)[0]
     builders: list[tuple[str, Callable[[], Figure | None]]] = [
         (f"pareto_{y.column}_vs_{x.column}", lambda x=x: pareto_plot(data, x, y)) for x in measured if x != y
     ]
@@ -185,6 +185,9 @@ def _draw_budgets(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
         ax.axhline(budgets[y.column], ls="--", lw=1, color=COLORS["budget"], label=f"budget {budgets[y.column]:g} {y.unit}")
 
 
+LABEL_WIDTH_PT, LABEL_HEIGHT_PT = 150.0, 10.0  # a baseline label in 8-point text, roughly
+
+
 def _label_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
     rows = data.complete.dropna(subset=[x.column, y.column])
     rows = rows[rows["baseline"].notna()]
@@ -194,10 +197,18 @@ def _label_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
                linewidths=1.5, label="baselines", zorder=ZORDER["baseline"])
     shown = data.complete.dropna(subset=[x.column, y.column])
     middle = (shown[x.column].min() + shown[x.column].max()) / 2
-    for _, row in rows.iterrows():
+    ax.autoscale_view()
+    points_per_pixel = 72 / ax.figure.dpi
+    placed: list[tuple[float, float]] = []  # (x, y) of each label's baseline, in points
+    for _, row in rows.sort_values(y.column, ascending=False).iterrows():
         size = f", {row['params_m']:.3g} M params" if pd.notna(row.get("params_m")) else ""
         right_half = row[x.column] > middle  # the label grows toward the plot's centre, never off the axes
-        ax.annotate(f"{baseline_label(row)}{size}", (row[x.column], row[y.column]), xytext=(-6 if right_half else 6, -10),
+        px, py = (v * points_per_pixel for v in ax.transData.transform((row[x.column], row[y.column])))
+        offset = -10.0
+        while any(abs(px - ux) < LABEL_WIDTH_PT and abs(py + offset - uy) < LABEL_HEIGHT_PT for ux, uy in placed):
+            offset -= LABEL_HEIGHT_PT  # two baselines close together: stack their labels, never overprint
+        placed.append((px, py + offset))
+        ax.annotate(f"{baseline_label(row)}{size}", (row[x.column], row[y.column]), xytext=(-6 if right_half else 6, offset),
                     textcoords="offset points", ha="right" if right_half else "left", fontsize=8,
                     color=COLORS["baseline"], zorder=ZORDER["pareto"] + 1)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ class StudyData:
     trials: pd.DataFrame  # ``search.records.trials_frame``: one row per trial
     objectives: list[Metric]  # in the study's objective order
     storage_url: str | None = None
+    accuracy_measures: str | None = None  # the estimator's metric name and unit, from study.metric_names
 
     def local_files(self) -> list[Path]:
         """The storage file when the study lives in a local SQLite or journal file."""
@@ -52,7 +53,11 @@ class StudyData:
     def measured(self) -> list[Metric]:
         """Metrics with at least one value among complete trials (objective or not)."""
         complete = self.complete
-        return [m for m in METRICS if m.column in complete and complete[m.column].notna().any()]
+        return [self.named(m) for m in METRICS if m.column in complete and complete[m.column].notna().any()]
+
+    def named(self, metric: Metric) -> Metric:
+        """``metric`` labelled with what this study's accuracy estimator measures."""
+        return replace(metric, measures=self.accuracy_measures) if metric.objective == "accuracy" else metric
 
 
 def load_study_data(name: str, storage: str | None) -> StudyData:
@@ -79,9 +84,12 @@ def study_data(study: optuna.Study, storage_url: str | None = None) -> StudyData
     from search.records import study_settings, trials_frame
 
     settings = study_settings(study)
-    objectives = [BY_OBJECTIVE[o["name"]] for o in settings.get("objectives", []) if o["name"] in BY_OBJECTIVE]
+    names = [o["name"] for o in settings.get("objectives", [])]
+    measures = study.metric_names[names.index("accuracy")] if "accuracy" in names and study.metric_names else None
     frame = trials_frame(study)
     if frame.empty:
         raise UserError(f"study {study.study_name!r} has no trials yet; run `hrvit-nas search --study {study.study_name}` first")
-    return StudyData(study, settings, frame, objectives, storage_url)
+    data = StudyData(study, settings, frame, [], storage_url, measures)
+    data.objectives = [data.named(BY_OBJECTIVE[name]) for name in names if name in BY_OBJECTIVE]
+    return data
 

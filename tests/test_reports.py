@@ -352,3 +352,17 @@ def test_html_shows_settings_as_a_table_and_offers_the_json(data, report_dir):
     assert json.loads(base64.b64decode(link.group(1))) == data.settings
     fingerprint = page[page.index("<h2>Device fingerprint</h2>"):page.index("<h2>Study settings</h2>")]
     assert re.search(r"<td>cpu</td>\s*<td>test-cpu</td>", fingerprint)
+
+
+def test_axes_name_the_proxy_the_study_measured_accuracy_with(tmp_path):
+    """A proxy is never plotted as plain "accuracy": the axis says what the study's estimator returns."""
+    from reports.plots import figure_builders
+    from reports.study_data import load_study_data
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(url).set_metric_names(["NASWOT score (log-det)", "latency (ms)", "energy (mJ)"])
+    data = load_study_data("tiny", url)
+    (stem, build), *_ = [(stem, build) for stem, build in figure_builders(data) if stem.startswith("pareto_accuracy")]
+    figure = build()
+    assert figure.axes[0].get_ylabel() == "accuracy: NASWOT score (log-det)"
+    assert data.objectives[0].label == "accuracy: NASWOT score (log-det)"
