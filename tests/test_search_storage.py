@@ -112,22 +112,32 @@ def test_sigkilled_worker_is_resumed_without_losing_trials(tmp_path):
 
     url, target = sqlite_url(tmp_path), 6
     slow = "accuracy,params"  # counts alone are instant: the zero-cost estimator keeps a trial in flight to kill
-    worker = start_worker(url, "killed", target, seed=11, cache_dir=tmp_path / "cache", objectives=slow)
+    # The worker aims far past the target, so on a fast machine it cannot finish before a trial is caught
+    # in flight; the resumed search below still ends at ``target``.
+    worker = start_worker(url, "killed", 10 * target, seed=11, cache_dir=tmp_path / "cache", objectives=slow)
     storage = open_storage(url, heartbeat_s=None)
 
-    def states():
+    def trials():
         try:
-            return [t.state for t in optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)]
+            return optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)
         except KeyError:  # the worker has not created the study yet
             return []
+
+    def in_flight() -> bool:
+        """A RUNNING trial with parameters drawn: its heartbeat thread has started (a trial killed before its
+        first heartbeat never turns stale in Optuna, so it could not test the retry)."""
+        found = trials()
+        return (sum(t.state == TrialState.COMPLETE for t in found) >= 2
+                and any(t.state == TrialState.RUNNING and t.params for t in found))
 
     def frozen_in_flight() -> bool:
         """Stop the worker while a trial runs; a trial that finished between the look and the stop would
         otherwise leave nothing RUNNING to retry, so look again while it is stopped."""
-        if not (states().count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states()):
+        assert worker.poll() is None, f"the worker exited before a trial was caught in flight: {worker.stderr.read().decode()[-2000:]}"
+        if not in_flight():
             return False
         os.killpg(worker.pid, signal.SIGSTOP)
-        if TrialState.RUNNING in states():
+        if in_flight():
             return True
         os.killpg(worker.pid, signal.SIGCONT)
         return False
