@@ -422,6 +422,20 @@ def has_heartbeat(storage) -> bool:
     return isinstance(storage, optuna.storages.RDBStorage) and bool(storage.get_heartbeat_interval())
 
 
+def fail_trials_dead_before_their_first_heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail RUNNING trials that drew no parameters and are older than the heartbeat grace period.
+
+    Optuna turns a trial stale only once it has a heartbeat; a worker killed between creating its trial and
+    that first beat leaves the trial RUNNING forever, and every other worker would wait for it to finish. A
+    live trial of ours draws its parameters first thing, so one without any after the grace period is dead;
+    with no parameters there is nothing to retry, and the slot goes back to the search."""
+    grace_s = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not trial.params and trial.datetime_start and (now - trial.datetime_start).total_seconds() > grace_s:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
 def run_worker(
     settings: SearchSettings,
     study_name: str,
@@ -462,6 +476,7 @@ def run_worker(
         if complete + running >= n_trials and counts[TrialState.WAITING] == 0:
             if not heartbeat:
                 return study
+            fail_trials_dead_before_their_first_heartbeat(study, storage)
             time.sleep(poll_s)
             continue
         study.optimize(evaluator, n_trials=1, catch=(TrialFailed,), callbacks=[*callbacks, lambda _s, t: last.append(t)])

@@ -231,3 +231,25 @@ def test_postgres_workers_and_a_second_machine_cooperate(tmp_path, postgres_url)
             optuna.delete_study(study_name=name, storage=open_storage(postgres_url, heartbeat_s=None))
         except KeyError:
             pass
+
+
+def test_a_trial_killed_before_its_first_heartbeat_does_not_block_the_search(tmp_path):
+    """A worker killed between creating its trial and the trial's first heartbeat leaves a RUNNING trial
+    that Optuna never turns stale; the other workers must not wait for it forever."""
+    import threading
+
+    from search import open_storage, run_search
+
+    url, target = sqlite_url(tmp_path), 3
+    run_search(tiny_settings(seed=2), "orphan", url, target - 1)
+    storage = open_storage(url, heartbeat_s=None)
+    study = optuna.load_study(study_name="orphan", storage=storage)
+    storage.create_new_trial(study._study_id)  # exactly what the killed worker left: RUNNING, no params, no beat
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(run_search(tiny_settings(seed=2), "orphan", url, target, heartbeat_s=1)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=90)
+    assert finished, "the search waited for a trial that can never finish"
+    states = [t.state for t in finished[0].trials]
+    assert states.count(TrialState.COMPLETE) == target and TrialState.RUNNING not in states
