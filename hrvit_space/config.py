@@ -24,6 +24,7 @@ from hrvit_nas.errors import UserError
 SCHEMA_VERSION = 1
 HEAD_KINDS = ("segformer", "classification", "none")
 STEM_STRIDE = 4
+STEM_WIDTH = 64  # channels of the conv stem's output (its first conv has half)
 # Upper bounds far above any published HRViT (b3: 4 branches, 6 modules, 64..512 channels, depth 6, window 7),
 # so that a typo such as a depth of 1,000,000 is refused here instead of exhausting memory later.
 LIMITS = {
@@ -88,6 +89,11 @@ def branch_feature_size(input_size: tuple[int, int], branch: int) -> tuple[int, 
     """Spatial size of branch ``branch`` (stride 4 * 2**branch); every stride-s layer rounds up."""
     stride = STEM_STRIDE * 2**branch
     return tuple(math.ceil(side / stride) for side in input_size)  # type: ignore[return-value]
+
+
+def mlp_hidden(config: "ArchConfig", branch: int) -> int:
+    """Hidden width of the MixCFNs of ``branch``: its ratio x its channels."""
+    return round(config.mlp_ratios[branch] * config.channels[branch])
 
 
 def mlp_ratio_allowed(ratio: float, channels: int) -> bool:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.batchnorm import fold_batchnorm
-from hrvit_space.config import ArchConfig, preset
+from hrvit_space.config import STEM_WIDTH, ArchConfig, mlp_hidden, preset
 from hrvit_space.heads import MergedSegFormerHead, SegFormerHead, build_head
 from hrvit_space.layers import (
     DES,
@@ -28,12 +28,6 @@ from hrvit_space.layers import (
     to_nchw,
 )
 
-STEM_WIDTH = 64
-
-
-def mlp_hidden(config: ArchConfig, branch: int) -> int:
-    """Hidden width of the MixCFNs of ``branch``: its ratio x its channels."""
-    return round(config.mlp_ratios[branch] * config.channels[branch])
 
 
 class Block(nn.Module):

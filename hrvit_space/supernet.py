@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from hrvit_space.attention import CrossShapedAttention
-from hrvit_space.config import ArchConfig, ConfigError
+from hrvit_space.config import ArchConfig, ConfigError, mlp_hidden
 from hrvit_space.layers import MixCFN, PatchEmbed
-from hrvit_space.model import Block, Branch, HRViT, mlp_hidden
+from hrvit_space.model import Block, Branch, HRViT
 from hrvit_space.space import SearchSpace
 
 

@@ -13,9 +13,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from hrvit_space.config import ArchConfig, branch_feature_size
+from hrvit_space.config import STEM_WIDTH, ArchConfig, branch_feature_size, mlp_hidden
 
-STEM_WIDTH = 64  # hrvit_space.model.STEM_WIDTH (not imported: that module imports torch)
 SHARED = "shared"  # profiling.counting.SHARED_BRANCH
 
 
@@ -148,7 +147,7 @@ def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = Non
             pixels = size[0] * size[1]
             pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
             t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
-            hidden = round(config.mlp_ratios[b] * dim)
+            hidden = mlp_hidden(config, b)
             if depth:
                 _blocks(t, b, depth, dim, config.window_sizes[b], hidden, size)
             t.add("norm", b, params=2 * dim)
