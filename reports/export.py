@@ -32,6 +32,11 @@ from hrvit_space.config import SCHEMA_VERSION, ArchConfig
 from reports.metrics import MEASUREMENT_UNITS
 from reports.study_data import StudyData
 from search.records import trial_config
+from training.bundle import CONFIG_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE
+
+ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.ts"
+REQUIRED_FILES = frozenset({CONFIG_FILE, RECIPE_FILE, METRICS_FILE})
+BUNDLE_FILES = REQUIRED_FILES | {WEIGHTS_FILE, ONNX_FILE, TORCHSCRIPT_FILE}
 
 DATASET_BY_CLASSES = {150: "ade20k", 19: "cityscapes"}
 CHECK_ATOL = 1e-4
@@ -95,22 +100,22 @@ def write_bundle(data: StudyData, trial: Any, bundle: Path, options: ExportOptio
     bundle.mkdir(parents=True, exist_ok=True)
     baseline = trial.user_attrs.get("baseline")
     config = trial_config(trial).replace(name=f"{data.name}-trial{trial.number}" + (f"-{baseline}" if baseline else ""))
-    config.save(bundle / "config.yaml")
+    config.save(bundle / CONFIG_FILE)
     recipe = training_recipe(config, options)
-    recipe.save(bundle / "train.yaml")
+    recipe.save(bundle / RECIPE_FILE)
     model = None
     if supernet is not None:
         model = sliced_model(supernet, config, calibration, options.calib_batches, trial.number)
-        with atomic_path(bundle / "weights.pt") as tmp:
+        with atomic_path(bundle / WEIGHTS_FILE) as tmp:
             torch.save(model.state_dict(), tmp)
     checks: dict[str, float] = {}
     if options.onnx or options.torchscript:
         model = model if model is not None else _initialised_model(config)
         if options.torchscript:
-            checks["torchscript_max_abs_diff"] = export_torchscript(model, config, bundle / "model.ts")
+            checks["torchscript_max_abs_diff"] = export_torchscript(model, config, bundle / TORCHSCRIPT_FILE)
         if options.onnx:
-            checks["onnx_max_abs_diff"] = export_onnx(model, config, bundle / "model.onnx")
-    atomic_write_text(bundle / "metrics.json", json.dumps(trial_metrics(data, trial, config, checks), indent=2, sort_keys=True) + "\n")
+            checks["onnx_max_abs_diff"] = export_onnx(model, config, bundle / ONNX_FILE)
+    atomic_write_text(bundle / METRICS_FILE, json.dumps(trial_metrics(data, trial, config, checks), indent=2, sort_keys=True) + "\n")
 
 
 def trial_metrics(data: StudyData, trial: Any, config: ArchConfig, checks: dict[str, float]) -> dict[str, Any]:
@@ -301,7 +306,6 @@ def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path])
             DatasetSpec.parse(spec)  # a malformed spec fails before any work
 
 
-BUNDLE_FILES = frozenset({"config.yaml", "train.yaml", "metrics.json", "weights.pt", "model.onnx", "model.ts"})
 VARIANTS_FILE = "variants.csv"
 
 
@@ -313,7 +317,7 @@ def is_export_bundle(path: Path) -> bool:
     names = {child.name for child in path.iterdir()}
     if VARIANTS_FILE in names:
         return all(name == VARIANTS_FILE or (re.fullmatch(r"trial_\d+", name) and is_export_bundle(path / name)) for name in names)
-    return {"config.yaml", "train.yaml", "metrics.json"} <= names <= BUNDLE_FILES
+    return REQUIRED_FILES <= names <= BUNDLE_FILES
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
