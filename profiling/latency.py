@@ -1,12 +1,13 @@
 """Latency measurement that survives a noisy machine and says when it could not.
 
-Measured on a shared 2-core host: one timing trial varies 4-6% between trials whatever its length, the
-median of 10-20 short trials gets under 2%, and a process's first calls are 1.5-1.8x steady state. So:
-warm up for >= 1 s, time several short trials (each averages enough calls to last ``trial_s``), report
-the median with its spread (and a 20% trimmed mean), interleave candidates that are compared, keep
-Python's garbage collector out of the timed rounds, and flag a median whose estimated relative error
-exceeds 2% as unstable (``benchmarks/profile_stability.py`` prints the CV of repeated medians, trimmed
-means and fastest trials side by side, to choose the reported statistic on a quiet machine).
+Measured on a shared 2-core host: one timing trial varies 4-13% between trials, the median of 10-45
+trials gets near 2%, and a model's first calls are 1.5-1.8x steady state (a run that started too early
+read 118 ms against 90-98 ms for the next four). So: warm up, time several trials (each repeats the call
+until it lasts ``trial_s``), report the median with its spread (and a 20% trimmed mean), interleave
+candidates that are compared, keep Python's garbage collector out of the timed rounds, and flag a median
+whose estimated relative error exceeds 2% as unstable. How long to warm up and how long a trial lasts is
+a ``TimingStrategy`` (``STRATEGIES``, default ``DEFAULT_STRATEGY``); ``benchmarks/latency_noise.py``
+compares them side by side so the default is chosen by measurement on a quiet machine.
 
 Other processes on the machine are the larger danger (b1 read 14.6x slower beside 4 busy loops), so on
 CPU a reference kernel runs interleaved with the candidates (``profiling.interference``): when it is
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from profiling.device import synchronize
 from profiling.fingerprint import device_fingerprint
 from profiling.interference import (
@@ -52,6 +53,55 @@ _REFERENCE_WARMUP_S = 0.2
 _REFERENCE_MAX_TRIAL_S = 0.1
 # Asymptotic standard error of a sample median relative to the standard deviation, sqrt(pi / 2).
 _MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
+# Steady-state warm-up: compare the median of the last _STEADY_WINDOW calls with the window before it;
+# warm once it fell by less than _STEADY_TOLERANCE. Bounded by _MAX_WARMUP_S and by half of max_seconds.
+_STEADY_WINDOW = 5
+_STEADY_TOLERANCE = 0.01
+_MAX_WARMUP_S = 10.0
+_MAX_WARMUP_SHARE = 0.5
+_clock = time.perf_counter  # the timer boundary (tests replace it with a scripted clock)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingStrategy:
+    """How one latency measurement is taken; ``benchmarks/latency_noise.py`` compares them.
+
+    ``steady_warmup``: warm up until the median of the last calls stops falling (at least ``warmup_s``),
+    instead of for ``warmup_s`` exactly: a model's first calls (oneDNN primitive creation, the allocator
+    growing its arenas) are slower for longer than a fixed second on a large input.
+    ``trial_s``: each trial repeats the call until it lasts at least this long, re-sized while timing
+    (a single ~100 ms call varies 10-13% on a VM; averaging calls inside a trial shrinks that).
+    ``trials`` rounds run first; unstable medians get more, up to ``max_trials`` (and ``max_seconds``).
+    """
+
+    name: str
+    steady_warmup: bool
+    warmup_s: float
+    trial_s: float
+    trials: int
+    max_trials: int
+
+
+STRATEGIES = {s.name: s for s in (
+    TimingStrategy("fixed", steady_warmup=False, warmup_s=1.0, trial_s=0.05, trials=15, max_trials=45),
+    TimingStrategy("steady", steady_warmup=True, warmup_s=1.0, trial_s=0.05, trials=15, max_trials=45),
+    TimingStrategy("blocked", steady_warmup=True, warmup_s=1.0, trial_s=0.3, trials=12, max_trials=60),
+)}
+DEFAULT_STRATEGY = "steady"
+
+
+def timing_strategy(strategy: TimingStrategy | str | None = None, **overrides: float | None) -> TimingStrategy:
+    """``strategy`` (a name in ``STRATEGIES``, default ``DEFAULT_STRATEGY``) with the given fields replaced
+    (``None`` keeps the strategy's); a shorter timing for tests or quick builds is such a replacement."""
+    if strategy is None or isinstance(strategy, str):
+        name = DEFAULT_STRATEGY if strategy is None else strategy
+        if name not in STRATEGIES:
+            raise UserError(f"timing strategy {name!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+        strategy = STRATEGIES[name]
+    chosen = dataclasses.replace(strategy, **{k: v for k, v in overrides.items() if v is not None})
+    if chosen.trials < 2:
+        raise ValueError("trials must be >= 2 to estimate a spread")
+    return dataclasses.replace(chosen, max_trials=max(chosen.trials, chosen.max_trials))
 
 
 def default_threads() -> int:
@@ -132,21 +182,40 @@ def cpu_threads(threads: int | None) -> Iterator[int]:
 
 def _timed_block(run: Callable[[], object], calls: int, device: torch.device) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(calls):
         run()
     synchronize(device)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def _warm_up(run: Callable[[], object], device: torch.device, warmup_s: float, deadline: float) -> float:
-    """Run for at least ``warmup_s`` (and 3 calls, unless the deadline passes); return the steady per-call seconds."""
-    until = min(time.perf_counter() + warmup_s, deadline)
+    """Run for at least ``warmup_s`` (and 3 calls, unless the deadline passes); return the last per-call seconds."""
+    until = min(_clock() + warmup_s, deadline)
     calls, last = 0, math.inf
-    while calls < 1 or (calls < 3 and time.perf_counter() < deadline) or time.perf_counter() < until:
+    while calls < 1 or (calls < 3 and _clock() < deadline) or _clock() < until:
         last = _timed_block(run, 1, device)
         calls += 1
     return last
+
+
+def _warm_up_steady(run: Callable[[], object], device: torch.device, warmup_s: float, deadline: float) -> float:
+    """Run until the median of the last calls stopped falling (at least ``warmup_s``, at most until ``deadline``);
+    return the steady per-call seconds (that median)."""
+    start = _clock()
+    until = min(start + warmup_s, deadline)
+    times: list[float] = []
+    while True:
+        times.append(_timed_block(run, 1, device))
+        now = _clock()
+        if now >= deadline:
+            break
+        if len(times) >= 2 * _STEADY_WINDOW and now >= until:
+            last = statistics.median(times[-_STEADY_WINDOW:])
+            before = statistics.median(times[-2 * _STEADY_WINDOW : -_STEADY_WINDOW])
+            if last >= (1 - _STEADY_TOLERANCE) * before:
+                break
+    return statistics.median(times[-_STEADY_WINDOW:])
 
 
 @dataclasses.dataclass
@@ -158,6 +227,7 @@ class _Plan:
     deadline: float
     progress: PhaseProgress
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    trial_s: dict[str, float] = dataclasses.field(default_factory=dict)  # the least length of each one's trials
     waited_s: dict[str, float] = dataclasses.field(default_factory=dict)  # run-queue wait during each one's trials
     timed_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -170,6 +240,12 @@ def _timed_trial(plan: _Plan, name: str) -> float:
         plan.waited_s[name] = plan.waited_s.get(name, 0.0) + after - before
     plan.timed_s[name] = plan.timed_s.get(name, 0.0) + seconds
     return seconds
+
+
+def _resize(plan: _Plan, name: str, seconds: float) -> None:
+    """A trial shorter than its least length (the warm-up's estimate was high) makes the next ones longer."""
+    if seconds < plan.trial_s[name]:
+        plan.calls[name] = max(plan.calls[name] + 1, math.ceil(plan.calls[name] * plan.trial_s[name] / max(seconds, 1e-9)))
 
 
 @contextlib.contextmanager
@@ -196,10 +272,12 @@ def _rounds(plan: _Plan) -> dict[str, list[float]]:
         order = pending + ([_REFERENCE] if _REFERENCE in plan.runs else [])
         shift = round_index % len(order)
         for name in order[shift:] + order[:shift]:
+            calls = plan.calls[name]
             seconds = _timed_trial(plan, name)
-            samples[name].append(1e3 * seconds / plan.calls[name])
+            samples[name].append(1e3 * seconds / calls)
+            _resize(plan, name, seconds)
         plan.progress.advance()
-        if round_index + 1 >= 2 and time.perf_counter() >= plan.deadline:
+        if round_index + 1 >= 2 and _clock() >= plan.deadline:
             break
         if round_index + 1 >= plan.trials:
             pending = [n for n in pending if median_relative_error(samples[n]) > STABLE_RELATIVE_ERROR]
@@ -214,10 +292,11 @@ def measure_runs(
     runs: Mapping[str, Callable[[], object]],
     device: torch.device,
     *,
-    warmup_s: float = 1.0,
-    trials: int = 15,
-    max_trials: int = 45,
-    trial_s: float = 0.05,
+    strategy: TimingStrategy | str | None = None,
+    warmup_s: float | None = None,
+    trials: int | None = None,
+    max_trials: int | None = None,
+    trial_s: float | None = None,
     threads: int | None = None,
     max_seconds: float | None = None,
     attempts: int = 2,
@@ -227,33 +306,40 @@ def measure_runs(
 ) -> dict[str, LatencyStats]:
     """Time several callables interleaved (round-robin, rotating start) so drift hits them all alike.
 
-    After ``trials`` rounds, candidates whose median is not yet stable get more rounds, up to ``max_trials``.
-    ``max_seconds`` bounds the whole measurement, back-offs included (at least 2 trials always run).
-    On CPU, a measurement whose interleaved reference kernel ran more than ``CONTENDED_RATIO`` slower than
-    this machine's quiet baseline is repeated (up to ``attempts``, sleeping ``backoff_s``, doubling) and,
-    if still inflated, returned with ``contended=True``.
+    ``strategy`` (default ``DEFAULT_STRATEGY``) says how to warm up and how long a trial lasts;
+    ``warmup_s``, ``trials``, ``max_trials`` and ``trial_s`` replace its fields. After ``trials`` rounds,
+    candidates whose median is not yet stable get more rounds, up to ``max_trials``. ``max_seconds``
+    bounds the whole measurement, warm-up and back-offs included (at least 2 trials always run; a steady
+    warm-up takes at most half of it). On CPU, a measurement whose interleaved reference kernel ran more
+    than ``CONTENDED_RATIO`` slower than this machine's quiet baseline is repeated (up to ``attempts``,
+    sleeping ``backoff_s``, doubling) and, if still inflated, returned with ``contended=True``.
     """
-    if trials < 2:
-        raise ValueError("trials must be >= 2 to estimate a spread")
-    start = time.perf_counter()
+    timing = timing_strategy(strategy, warmup_s=warmup_s, trials=trials, max_trials=max_trials, trial_s=trial_s)
+    start = _clock()
     deadline = start + max_seconds if max_seconds is not None else math.inf
+    warm_deadline = min(deadline, start + (_MAX_WARMUP_SHARE * max_seconds if max_seconds is not None else math.inf))
     on_cpu = device.type == "cpu"
     timed = dict(runs) | ({_REFERENCE: reference_kernel()} if on_cpu else {})
     with cpu_threads(threads if on_cpu else None) as used_threads, PhaseProgress(
-        "warming up, then timing", len(timed) + trials, enabled=progress
+        "warming up, then timing", len(timed) + timing.trials, enabled=progress
     ) as bar:
-        plan = _Plan(timed, device, trials, max(trials, max_trials), deadline, bar)
+        plan = _Plan(timed, device, timing.trials, timing.max_trials, deadline, bar)
         trial_lengths = []
         for name, run in timed.items():  # the reference comes last: its trials last as long as the candidates'
             reference = name == _REFERENCE
-            per_call = _warm_up(run, device, _REFERENCE_WARMUP_S if reference else warmup_s, deadline)
-            trial_seconds = min(max(trial_lengths), _REFERENCE_MAX_TRIAL_S) if reference else trial_s
-            plan.calls[name] = max(1, math.ceil(trial_seconds / max(per_call, 1e-9)))
+            if reference:
+                per_call = _warm_up(run, device, _REFERENCE_WARMUP_S, deadline)
+            elif timing.steady_warmup:
+                per_call = _warm_up_steady(run, device, timing.warmup_s, min(warm_deadline, _clock() + _MAX_WARMUP_S))
+            else:
+                per_call = _warm_up(run, device, timing.warmup_s, deadline)
+            plan.trial_s[name] = min(max(trial_lengths), _REFERENCE_MAX_TRIAL_S) if reference else timing.trial_s
+            plan.calls[name] = max(1, math.ceil(plan.trial_s[name] / max(per_call, 1e-9)))
             trial_lengths.append(plan.calls[name] * per_call)
             bar.advance()
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                bar.describe(f"timing (attempt {attempt}: others were loading the CPU)", total=trials, completed=0)
+                bar.describe(f"timing (attempt {attempt}: others were loading the CPU)", total=timing.trials, completed=0)
             window = LoadWindow()
             with _no_garbage_collection():
                 samples = _rounds(plan)
@@ -262,7 +348,7 @@ def measure_runs(
             waiting = _wait_share(plan, used_threads) if on_cpu else None
             contended = (ratio is not None and ratio > CONTENDED_RATIO) or (waiting is not None and waiting > CONTENDED_WAIT)
             pause = backoff_s * 2 ** (attempt - 1)
-            if not contended or attempt == attempts or time.perf_counter() + pause >= deadline:
+            if not contended or attempt == attempts or _clock() + pause >= deadline:
                 break
             bar.describe(f"waiting {pause:.0f} s for the CPU to quieten (reference {ratio:.2f}x its quiet time, "
                          f"{100 * (waiting or 0):.0f}% of thread time waiting for a core)")
