@@ -34,17 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from reports.export import ExportOptions, export_trials
-    from reports.report import write_report
-    from reports.selectors import parse_selector, select
-    from hrvit_space.cli import load_space
-    from reports.study_data import study_data
-    from search.cli import parse_input_size
-    from search.study import SearchSettings
-    from search.workers import run_search
+    from hrvit_space import load_space, parse_input_size
+    from reports import ExportOptions, export_trials, parse_selector, select, study_data, write_report
+    from search import SearchSettings, run_search
 
     if args.threads is not None:
-        from profiling.latency import set_default_threads
+        from profiling import set_default_threads
 
         set_default_threads(args.threads)
     out: Path = args.out

@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from hrvit_space.layers import ConvBN, LinearBN
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
-from hrvit_space.config import ArchConfig, preset, read_yaml_file
+
+from hrvit_space.config import ArchConfig, read_yaml_file
+from hrvit_space.input_size import load_space
 from hrvit_space.space import SearchSpace
 
 
@@ -26,30 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate = actions.add_parser("validate", help="check an architecture config (or search-space) file")
     validate.add_argument("file")
     validate.set_defaults(func=_validate)
-
-
-def load_space(path: str | None, input_size: tuple[int, int] | None = None) -> SearchSpace:
-    """``--space FILE`` at ``input_size`` (its windows must fit), or the built-in space with its window
-    choices clipped to the feature maps (said in one line on stderr), so small inputs just work."""
-    if path:
-        space = SearchSpace.load(path)
-        return space if input_size is None else space.with_input_size(input_size)
-    if input_size is None:
-        return SearchSpace.default()
-    return _noted(SearchSpace.default().fit_to_input(input_size))
-
-
-def load_preset(name: str, input_size: tuple[int, int] | None = None) -> ArchConfig:
-    """Preset ``name`` at ``input_size``, its windows clipped to the feature maps (said on stderr)."""
-    config = preset(name)
-    return config if input_size is None else _noted(config.fit_to_input(input_size))
-
-
-def _noted(fitted: tuple[Any, str | None]) -> Any:
-    value, note = fitted
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    return value
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -18,8 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from hrvit_nas.atomic import atomic_write_text
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError, atomic_write_text
 
 SCHEMA_VERSION = 1
 HEAD_KINDS = ("segformer", "classification", "none")

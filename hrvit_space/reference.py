@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from hrvit_space.model import HRViT
 
 _BLOCK_PARTS = {

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from hrvit_nas.atomic import atomic_write_text
+from hrvit_nas import atomic_write_text
 from hrvit_space.config import (
     LIMITS,
     SCHEMA_VERSION,
