@@ -1,26 +1,23 @@
 """Profiler: parameters, FLOPs, latency, energy and memory of any HRViT config, with device fingerprint,
-result cache and a calibrated latency predictor."""
+result cache and a calibrated latency predictor.
 
-from profiling.analytic import AnalyticCounts, analytic_counts
-from profiling.cache import CacheCorruptError, ProfileCache, default_cache_path
-from profiling.counting import FlopReport, count_flops, count_params
-from profiling.energy import (
-    EnergyMonitor,
-    EnergyUnavailable,
-    measure_energy,
-    open_backend,
-)
-from profiling.fingerprint import device_fingerprint, fingerprint_id
-from profiling.interference import CONTENDED_RATIO, ReferenceBaseline
-from profiling.latency import default_threads, latency_stats, measure_latency, measure_runs, set_default_threads
-from profiling.predictor import LatencyPredictor, PredictorAccuracy, PredictorMismatch
-from profiling.profiler import profile
-from profiling.result import EnergyResult, LatencyStats, ProfileResult
-from profiling.runtimes import RUNTIMES, PreparedRun, prepare
+Every name loads on first use (most of them import torch), so ``hrvit-nas --help`` stays light.
+"""
 
-__all__ = [
-    "AnalyticCounts", "analytic_counts", "CacheCorruptError", "EnergyMonitor", "EnergyResult", "EnergyUnavailable", "FlopReport", "LatencyPredictor",
-    "LatencyStats", "PredictorAccuracy", "PredictorMismatch", "ProfileCache", "ProfileResult", "count_flops",
-    "count_params", "default_cache_path", "device_fingerprint", "fingerprint_id", "latency_stats", "measure_energy",
-    "measure_latency", "measure_runs", "open_backend", "profile",
-]
+from hrvit_nas import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "profiling.analytic": ("AnalyticCounts", "analytic_counts"),
+    "profiling.cache": ("CacheCorruptError", "ProfileCache", "default_cache_path"),
+    "profiling.counting": ("FlopReport", "count_flops", "count_params"),
+    "profiling.device": ("DTYPES", "autocast", "check_dtype", "resolve_device", "synchronize"),
+    "profiling.energy": ("EnergyMonitor", "EnergyUnavailable", "measure_energy", "open_backend"),
+    "profiling.fingerprint": ("device_fingerprint", "fingerprint_id"),
+    "profiling.interference": ("CONTENDED_RATIO", "ReferenceBaseline"),
+    "profiling.latency": ("STRATEGIES", "THREADS_ENV", "TimingStrategy", "default_threads", "latency_stats",
+                          "measure_latency", "measure_runs", "set_default_threads", "timing_strategy"),
+    "profiling.predictor": ("LatencyPredictor", "PredictorAccuracy", "PredictorMismatch"),
+    "profiling.profiler": ("profile",),
+    "profiling.result": ("EnergyResult", "LatencyStats", "ProfileResult"),
+    "profiling.runtimes": ("RUNTIMES", "PreparedRun", "check_runtime", "prepare"),
+})

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from hrvit_space.config import STEM_WIDTH, ArchConfig, branch_feature_size, mlp_hidden
+from hrvit_space import STEM_WIDTH, ArchConfig, branch_feature_size, mlp_hidden
 
 SHARED = "shared"  # profiling.counting.SHARED_BRANCH
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from profiling.result import ProfileResult
 
 CACHE_SCHEMA_VERSION = 1

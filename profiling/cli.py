@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
+from hrvit_space import parse_input_size
 from profiling.profiler import DEFAULT_MAX_SECONDS
 from profiling.runtimes import RUNTIMES
 
@@ -62,25 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle_profile)
 
 
-def parse_input_size(text: str | None) -> tuple[int, int] | None:
-    """``512x512`` or ``512`` -> (512, 512)."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
-    if not match or int(match.group(1)) <= 0 or (match.group(2) is not None and int(match.group(2)) <= 0):
-        raise UserError(f"--input {text!r} is malformed; give HEIGHTxWIDTH with positive integers, e.g. 512x512")
-    height = int(match.group(1))
-    return height, int(match.group(2) or height)
+def _input_size(text: str | None) -> tuple[int, int] | None:
+    return None if text is None else parse_input_size(text)
 
 
 def _config(args: argparse.Namespace, path: str | None, input_size: tuple[int, int] | None = None):
     """CONFIG file or ``--preset`` (fitted to ``input_size``, default ``--input``)."""
-    from hrvit_space.cli import load_preset
-    from hrvit_space.config import ArchConfig
+    from hrvit_space import ArchConfig, load_preset
 
     if (path is None) == (args.preset is None):
         raise UserError("give exactly one of CONFIG (a YAML/JSON file) or --preset b1|b2|b3")
-    return load_preset(args.preset, input_size or parse_input_size(args.input)) if args.preset else ArchConfig.load(path)
+    return load_preset(args.preset, input_size or _input_size(args.input)) if args.preset else ArchConfig.load(path)
 
 
 def handle_profile(args: argparse.Namespace) -> int:
@@ -100,7 +92,7 @@ def handle_profile(args: argparse.Namespace) -> int:
     config = _config(args, args.config)
     cache = (args.cache or "default") if args.use_cache else None
     result = profile(
-        config, device=args.device, input_size=parse_input_size(args.input), batch=args.batch, dtype=args.dtype,
+        config, device=args.device, input_size=_input_size(args.input), batch=args.batch, dtype=args.dtype,
         runtime=args.runtime, energy=args.energy, measure_latency=args.latency, channels_last=args.channels_last,
         threads=args.threads, max_seconds=args.max_seconds, cache=cache, isolate=args.isolate, progress=args.progress,
     )
@@ -158,12 +150,12 @@ def format_result(result, name: str | None = None) -> str:
 
 
 def _build_predictor(args: argparse.Namespace) -> int:
-    from hrvit_space.cli import load_space
+    from hrvit_space import load_space
     from profiling.predictor import LatencyPredictor
 
     if args.preset is not None or args.predict_config is not None:
         raise UserError("--preset and CONFIG do not apply to build-predictor; pass --space SPACE.yaml (default: the built-in space)")
-    space = load_space(args.space, parse_input_size(args.input))
+    space = load_space(args.space, _input_size(args.input))
     out = args.out or DEFAULT_PREDICTOR
     print(f"building latency predictor on {args.device} (input {space.base.input_size}, batch {args.batch}, {args.dtype}, "
           f"{args.runtime}) ...", file=sys.stderr)
@@ -192,7 +184,7 @@ def _predict(args: argparse.Namespace) -> int:
     from profiling.predictor import LatencyPredictor
 
     predictor = LatencyPredictor.load(args.predictor or DEFAULT_PREDICTOR, device=None if args.device == "auto" else args.device)
-    size = parse_input_size(args.input) or tuple(predictor.structure["input_size"])
+    size = _input_size(args.input) or tuple(predictor.structure["input_size"])
     config = _config(args, args.predict_config, size)
     predictor.check(runtime=args.runtime, dtype=args.dtype, batch=args.batch, input_size=size)
     latency_ms = predictor.predict(config.replace(input_size=size))

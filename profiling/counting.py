@@ -126,7 +126,7 @@ def _component_or_other(component_of: ComponentOf, name: str) -> tuple[str, int 
 
 
 def _default_component_of() -> ComponentOf:
-    from hrvit_space.model import component_of
+    from hrvit_space import component_of
 
     return component_of
 

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

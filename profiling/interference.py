@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hrvit_nas.atomic import atomic_write_text
+from hrvit_nas import atomic_write_text
 
 # Measured on the idle 2-core host (benchmarks/RESULTS.md): quiet references read 1.03-1.09x their
 # fastest-ever baseline, 4 hogs 2.7-3.0x with 60% run-queue wait; 1.10 flagged quiet predictor builds.

@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from hrvit_nas.atomic import atomic_write_text
-from hrvit_space.config import ArchConfig
+from hrvit_nas import atomic_write_text
+from hrvit_space import ArchConfig
 from profiling.profiler import _profile_here
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from profiling.device import synchronize
 
 _MEMINFO = Path("/proc/meminfo")

@@ -32,10 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_nas.atomic import atomic_write_text
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
-from hrvit_space.space import SearchSpace
+from hrvit_nas import UserError, atomic_write_text
+from hrvit_space import ArchConfig, SearchSpace
 from profiling.device import resolve_device
 from profiling.fingerprint import device_fingerprint
 from profiling.latency import check_threads, default_threads, measure_runs, median_relative_error
@@ -415,7 +413,7 @@ class _AnchoredTimer:
 
 
 def _build(config: ArchConfig) -> torch.nn.Module:
-    from hrvit_space.model import build_model
+    from hrvit_space import build_model
 
     return build_model(config).eval()
 

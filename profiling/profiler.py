@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig
 from profiling.cache import ProfileCache, cache_key
 from profiling.counting import count_flops, count_params
 from profiling.device import check_dtype, resolve_device
@@ -123,7 +123,7 @@ def _check_memory(config: ArchConfig, size: tuple[int, int], batch: int, device:
 
     The estimate (a forward on the meta device) costs about a second, so inputs too small to matter skip it.
     """
-    from hrvit_space.model import build_model
+    from hrvit_space import build_model
 
     if batch * size[0] * size[1] <= ESTIMATE_MEMORY_ABOVE_PIXELS:
         return
@@ -138,7 +138,7 @@ def _profile_here(
     config: ArchConfig, device: torch.device, input_size: tuple[int, int], batch: int, dtype: str, options: dict[str, Any],
     threads: int, max_seconds: float | None, progress: bool = False,
 ) -> ProfileResult:
-    from hrvit_space.model import build_model
+    from hrvit_space import build_model
 
     with PhaseProgress("building the model and counting FLOPs", None, enabled=progress):
         model = build_model(config.replace(input_size=input_size)).eval()

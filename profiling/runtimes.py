@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from profiling.device import DTYPES, autocast, check_dtype
 
 RUNTIMES = ("eager", "compile", "cuda-graphs", "onnxruntime", "onnxruntime-trt", "tensorrt")
