@@ -1,35 +1,18 @@
 """Multi-objective Optuna search over the HRViT space under latency/energy/params/FLOPs budgets.
 
-Exports load lazily, so that ``hrvit-nas --help`` (which imports ``search.cli``) stays fast.
+Exports load lazily (hrvit_nas.lazy_exports), so that ``hrvit-nas --help`` (which imports
+``search.cli``) stays fast.
 """
 
-import importlib
+from hrvit_nas import lazy_exports
 
-_EXPORTS = {
-    "AccuracyEstimator": "search.estimators",
-    "estimator_names": "search.estimators",
-    "make_estimator": "search.estimators",
-    "hypervolume": "search.hypervolume",
-    "hypervolume_history": "search.hypervolume",
-    "reference_point": "search.hypervolume",
-    "Objective": "search.objectives",
-    "BUDGETS": "search.objectives",
-    "OBJECTIVES": "search.objectives",
-    "load_trials": "search.records",
-    "open_study": "search.records",
-    "pareto_trials": "search.records",
-    "study_settings": "search.records",
-    "trial_config": "search.records",
-    "trials_frame": "search.records",
-    "open_storage": "search.storage",
-    "SAMPLERS": "search.samplers",
-    "SearchSettings": "search.study",
-    "run_search": "search.workers",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'search' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "search.estimators": ("AccuracyEstimator", "estimator_names", "make_estimator"),
+    "search.hypervolume": ("feasible_trials", "hypervolume", "hypervolume_history", "reference_point"),
+    "search.objectives": ("BUDGETS", "OBJECTIVES", "Objective"),
+    "search.records": ("load_trials", "open_study", "pareto_trials", "study_settings", "trial_config", "trials_frame"),
+    "search.samplers": ("SAMPLERS",),
+    "search.storage": ("DEFAULT_RUN_ROOT", "default_storage_url", "normalize_url", "open_storage", "redact"),
+    "search.study": ("SearchSettings",),
+    "search.workers": ("run_search",),
+})

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 
 def register(subparsers) -> None:
@@ -53,14 +52,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=handle_search)
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
-    if not match or int(match.group(1)) <= 0 or (match.group(2) is not None and int(match.group(2)) <= 0):
-        raise UserError(f"--input {text!r}: give HEIGHTxWIDTH with positive integers, e.g. 512x512")
-    height = int(match.group(1))
-    return height, int(match.group(2) or height)
-
-
 def parse_options(items: list[str]) -> dict:
     """``key=value`` pairs; values are read as YAML scalars (16 -> int, true -> bool, a.pt -> str)."""
     import yaml
@@ -78,14 +69,14 @@ def parse_options(items: list[str]) -> dict:
 
 
 def handle_search(args: argparse.Namespace) -> int:
-    from hrvit_space.cli import load_space
+    from hrvit_space import load_space, parse_input_size
     from search.records import pareto_trials
     from search.samplers import DEFAULT_SAMPLER
     from search.study import SearchSettings
     from search.workers import run_search
 
     if args.threads is not None:
-        from profiling.latency import set_default_threads
+        from profiling import set_default_threads
 
         set_default_threads(args.threads)  # per worker; without it run_search splits the cores among --workers
     space = load_space(args.space, parse_input_size(args.input) if args.input else None)

@@ -35,7 +35,7 @@ import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 ENTRY_POINT_GROUP = "hrvit_nas.estimators"
 DEFAULT_ESTIMATOR = "zero-cost"
@@ -98,7 +98,7 @@ class ZeroCostEstimator(AccuracyEstimator):
     def estimate(self, config, trial=None) -> float:
         import torch
 
-        from hrvit_space.model import build_model
+        from hrvit_space import build_model
 
         config = config.replace(input_size=self.input_size, drop_path_rate=0.0)
         with torch.random.fork_rng(devices=[]):
@@ -146,7 +146,7 @@ class _CapacityEstimator(AccuracyEstimator):
         self.input_size = tuple(input_size)
 
     def counts(self, config):
-        from profiling.analytic import analytic_counts
+        from profiling import analytic_counts
 
         return analytic_counts(config, self.input_size)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 ENTRY_POINT_GROUP = "hrvit_nas.objectives"
 

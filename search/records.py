@@ -30,7 +30,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from hrvit_space import ArchConfig
 from search.objectives import get_objective
 from search.storage import open_storage

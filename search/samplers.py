@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from hrvit_space import ArchConfig, SearchSpace
 
 DEFAULT_SAMPLER = "cheap-first"
@@ -54,7 +54,7 @@ def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
 def cheap_measurements(config: ArchConfig, batch: int = 1) -> dict[str, float]:
     """Exact params/MACs/FLOPs of ``config`` at its input size (with the breakdowns the reports plot), counted
     from the fields in microseconds. Cached: treat the returned dict as read-only."""
-    from profiling.analytic import analytic_counts
+    from profiling import analytic_counts
 
     counts = analytic_counts(config, batch=batch)
     return {

@@ -30,10 +30,9 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from hrvit_space import ArchConfig, SearchSpace, preset
-from profiling.device import resolve_device
-from profiling.runtimes import check_runtime
+from profiling import check_runtime, resolve_device
 from search.estimators import DEFAULT_ESTIMATOR, estimator_class, make_estimator
 from search.objectives import BUDGETS, DEFAULT_OBJECTIVES, check_budgets, get_objective, parse_objectives, violations
 from search.samplers import (

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import optuna
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from search.progress import SearchProgress
-from search.storage import HEARTBEAT_S, open_storage, storage_url
+from search.storage import DEFAULT_RUN_ROOT, HEARTBEAT_S, open_storage, storage_url
 from search.study import SearchSettings, TrialEvaluator, load_or_create_study, preflight, run_worker
-
-DEFAULT_RUN_ROOT = Path("runs")
 
 
 def run_search(
@@ -66,7 +64,7 @@ def run_search(
 def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, worker: int, heartbeat_s: int, threads: int) -> None:
     import torch
 
-    from profiling.latency import set_default_threads
+    from profiling import set_default_threads
 
     torch.set_num_threads(threads)
     set_default_threads(threads)  # the profiler's timing threads: several workers must not oversubscribe the cores
@@ -82,7 +80,7 @@ def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, 
 def worker_threads(workers: int) -> int:
     """CPU threads per worker: ``--threads`` (``$HRVIT_NAS_THREADS``) when set, else the cores this process
     may use split among the workers, so ``workers`` processes timing at once never oversubscribe them."""
-    from profiling.latency import THREADS_ENV, default_threads
+    from profiling import THREADS_ENV, default_threads
 
     return default_threads() if os.environ.get(THREADS_ENV) else max(1, default_threads() // workers)
 
