@@ -24,10 +24,9 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 from torch import nn
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
-from hrvit_space.space import SearchSpace
-from search.estimators import AccuracyEstimator
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig, SearchSpace
+from search import AccuracyEstimator
 from training.evaluation import space_member
 
 FORMAT = "hrvit-nas-accuracy-predictor"
@@ -75,7 +74,7 @@ class AccuracyPredictor:
                 "scale": {"mean": self.mean, "std": self.std}, "layers": layers, "metrics": self.metrics}
 
     def save(self, path: str | Path) -> None:
-        from hrvit_nas.atomic import atomic_write_text
+        from hrvit_nas import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict()))
 

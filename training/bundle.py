@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig
 from training.recipe import TrainRecipe
 
 CONFIG_FILE = "config.yaml"

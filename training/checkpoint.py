@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_nas.atomic import atomic_path
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError, atomic_path
 
 
 class CheckpointError(UserError, ValueError):

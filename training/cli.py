@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -134,7 +134,7 @@ def _recipe(recipe_path: str | None, data: str | None, iterations: int | None, c
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hrvit_space.config import ArchConfig
+    from hrvit_space import ArchConfig
     from training.bundle import load_bundle
     from training.trainer import train
 
@@ -160,7 +160,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_supernet(args: argparse.Namespace) -> int:
-    from hrvit_space.space import SearchSpace
+    from hrvit_space import SearchSpace
     from training.supernet_train import train_supernet
 
     space = SearchSpace.default() if args.space == "default" else SearchSpace.load(args.space)
@@ -203,14 +203,9 @@ def _fit_predictor(args: argparse.Namespace) -> int:
 
 
 def _size(text: str | None, flag: str) -> tuple[int, int] | None:
-    from search.cli import parse_input_size
+    from hrvit_space import parse_input_size
 
-    if text is None:
-        return None
-    try:
-        return parse_input_size(text)
-    except UserError:
-        raise UserError(f"{flag} {text!r}: give HEIGHTxWIDTH with positive integers, e.g. 512x512") from None
+    return None if text is None else parse_input_size(text, flag)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
-from search.estimators import AccuracyEstimator
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig
+from search import AccuracyEstimator
 from training.distributed import DistContext, resolve_device
 from training.evaluation import evaluate_member, space_member, val_loader
 from training.loop import run_training
@@ -111,7 +111,7 @@ class ShortTrainEstimator(AccuracyEstimator):
         self.train_set, self.val_set = build_train_set(self.spec, self.recipe), build_val_set(self.spec)
 
     def estimate(self, config: ArchConfig, trial=None) -> float:
-        from hrvit_space.model import HRViT
+        from hrvit_space import HRViT
         from training.inference import evaluate
 
         recipe, spec = self.recipe, self.spec

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig
 from training.recipe import TrainRecipe
 from training.stream import SeededSamples, StreamSampler, isolated_rng
 from training.trainer import eval_batch_size
@@ -53,7 +53,7 @@ def evaluate_member(supernet, config: ArchConfig, train_set: Dataset, val_set: D
 
     Works on an extracted copy, so the supernet's own BN statistics stay untouched.
     """
-    from hrvit_space.batchnorm import recalibrate_bn
+    from hrvit_space import recalibrate_bn
     from training.inference import evaluate
 
     with isolated_rng(seed):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from training.metrics import ConfusionMatrix
 
 EVAL_MODES = ("whole", "slide")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from training.distributed import DistContext, all_gather_objects, barrier, init_distributed, wrap_model
 from training.optim import Precision, build_optimizer, build_scheduler

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hrvit_nas.atomic import atomic_write_text
+from hrvit_nas import atomic_write_text
 
 
 class ConfusionMatrix:

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hrvit_nas.atomic import atomic_path
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
+from hrvit_nas import UserError, atomic_path
+from hrvit_space import ArchConfig
 from training.bundle import CONFIG_FILE, load_bundle
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.loop import BEST_FORMAT, TRAIN_FORMAT
@@ -39,7 +38,7 @@ class TrainedModel:
 
 def load_trained_model(source: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """The model of a bundle / run directory, or of a run's checkpoint.pt or best.pt, in eval mode."""
-    from hrvit_space.model import HRViT
+    from hrvit_space import HRViT
 
     source = Path(source)
     if source.is_dir():

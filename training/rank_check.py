@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 
 REFERENCE = "standalone"
 
@@ -36,7 +36,7 @@ class RankCheckResult:
                 f"{correlation_table(self.correlations).to_string(index=False)}")
 
     def save(self, out_dir: str | Path) -> None:
-        from hrvit_nas.atomic import atomic_write_text
+        from hrvit_nas import atomic_write_text
 
         out_dir = Path(out_dir)
         atomic_write_text(out_dir / "rank_scores.csv", self.scores.to_csv(index=False))
@@ -140,7 +140,7 @@ def rank_check(
 
     ``predictor`` (a fitted accuracy predictor's JSON) adds the ``predictor`` estimator.
     """
-    from search.estimators import make_estimator
+    from search import make_estimator
     from training.estimators import ShortTrainEstimator, SupernetEstimator
 
     supernet_estimator = SupernetEstimator(checkpoint=str(supernet), data=data, batches=batches, val_samples=val_samples,

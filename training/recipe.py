@@ -14,9 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from hrvit_nas.atomic import atomic_write_text
-from hrvit_nas.errors import UserError
-from hrvit_space.config import parse_yaml, read_yaml_file
+from hrvit_nas import UserError, atomic_write_text
+from hrvit_space import parse_yaml, read_yaml_file
 
 AMP_MODES = ("none", "fp16", "bf16")
 EVAL_MODES = ("whole", "slide")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from hrvit_nas.atomic import atomic_write_text
+from hrvit_nas import atomic_write_text
 
 TRAIN_LOG_FILE = "train_log.csv"
 HISTORY_FILE = "eval_history.csv"

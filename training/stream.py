@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from training.checkpoint import seed_everything
 from training.distributed import DistContext
 from training.recipe import TrainRecipe

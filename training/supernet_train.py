@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from hrvit_nas.errors import UserError
-from hrvit_space.space import SearchSpace
+from hrvit_nas import UserError
+from hrvit_space import SearchSpace
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 from training.distributed import init_distributed
 from training.evaluation import evaluate_member
@@ -73,7 +73,7 @@ def train_supernet(
 
     ``init`` is our own checkpoint/supernet/weights file or a reference-format HRViT checkpoint.
     """
-    from hrvit_space.supernet import HRViTSupernet
+    from hrvit_space import HRViTSupernet
     from training.data import DatasetSpec
 
     if distill not in DISTILL_MODES:
@@ -131,7 +131,7 @@ def train_supernet(
 
 def load_supernet(path: str | Path, device: str | torch.device = "cpu"):
     """(supernet module, its SearchSpace, its TrainRecipe) from ``supernet.pt`` or a supernet ``checkpoint.pt``."""
-    from hrvit_space.supernet import HRViTSupernet
+    from hrvit_space import HRViTSupernet
 
     state = load_checkpoint(path)
     if not isinstance(state, dict):  # e.g. a bare tensor: reported below as not a supernet checkpoint

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hrvit_nas.errors import UserError
-from hrvit_space.config import ArchConfig
+from hrvit_nas import UserError
+from hrvit_space import ArchConfig
 from training.checkpoint import CheckpointError, load_foreign_checkpoint, save_checkpoint, seed_everything
 from training.distributed import init_distributed
 from training.loop import BEST_FORMAT, TRAIN_FORMAT, EvalFn, run_training
@@ -44,7 +44,7 @@ def train(
     ``checkpoint.pt``, ``best.pt`` and the logs of ``training.run_log``. ``train_set`` / ``val_set`` replace the recipe's dataset
     (for custom datasets in Python).
     """
-    from hrvit_space.model import HRViT
+    from hrvit_space import HRViT
     from training.bundle import CONFIG_FILE, RECIPE_FILE, WEIGHTS_FILE
     from training.data import DatasetSpec
 
@@ -140,7 +140,7 @@ def load_init_weights(model: torch.nn.Module, path: str | Path, log: Callable[[s
     Tensors whose name or shape does not fit (e.g. a classifier for another class count) keep their
     fresh initialisation, which is what fine-tuning on a new dataset needs.
     """
-    from hrvit_space.reference import reference_key
+    from hrvit_space import reference_key
 
     state, ignored = load_foreign_checkpoint(path)
     if ignored:
@@ -176,7 +176,7 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each HRViT block in the backward pass instead of storing its activations."""
     from torch.utils.checkpoint import checkpoint
 
-    from hrvit_space.model import Block
+    from hrvit_space import Block
 
     for block in (m for m in model.modules() if isinstance(m, Block)):
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)

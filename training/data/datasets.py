@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from training.data import mni152
 from training.data.synthetic import SyntheticSegmentation
 from training.data.transforms import eval_transform

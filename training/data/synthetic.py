@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from training.data.transforms import eval_transform
 
 SPLITS = ("train", "val")
