@@ -47,7 +47,7 @@ def train_hint(bundle: Path, data: str | None) -> str:
     dataset kind but not where it lives, so the command must say it."""
     if data:
         return f"hrvit-nas train {bundle}"
-    from training.recipe import TrainRecipe
+    from training import TrainRecipe
 
     kind = TrainRecipe.load(bundle / "train.yaml").dataset["kind"]
     return f"hrvit-nas train {bundle} --data {kind}:/path/to/{kind}"

@@ -26,13 +26,12 @@ from typing import Any
 
 import torch
 
-from hrvit_nas.atomic import atomic_path, atomic_write_text
-from hrvit_nas.errors import UserError
-from hrvit_space.config import SCHEMA_VERSION, ArchConfig
+from hrvit_nas import UserError, atomic_path, atomic_write_text
+from hrvit_space import SCHEMA_VERSION, ArchConfig
 from reports.metrics import MEASUREMENT_UNITS
 from reports.study_data import StudyData
-from search.records import trial_config
-from training.bundle import CONFIG_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE
+from search import trial_config
+from training import CONFIG_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE
 
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.ts"
 REQUIRED_FILES = frozenset({CONFIG_FILE, RECIPE_FILE, METRICS_FILE})
@@ -150,8 +149,7 @@ def trial_metrics(data: StudyData, trial: Any, config: ArchConfig, checks: dict[
 
 def training_recipe(config: ArchConfig, options: ExportOptions):
     """The paper's recipe for the dataset: ``--data``, else the one the head's class count names (no root)."""
-    from training.data import DatasetSpec
-    from training.recipe import TrainRecipe
+    from training import DatasetSpec, TrainRecipe
 
     if options.data:
         return TrainRecipe.for_spec(DatasetSpec.parse(options.data))
@@ -166,7 +164,7 @@ def training_recipe(config: ArchConfig, options: ExportOptions):
 
 # ---------------------------------------------------------------------------------------- weights
 def _load_supernet(options: ExportOptions) -> torch.nn.Module:
-    from training.supernet_train import load_supernet
+    from training import load_supernet
 
     supernet, _, _ = load_supernet(options.supernet)
     return supernet.eval()
@@ -176,7 +174,7 @@ def calibration_batches(options: ExportOptions, input_size: tuple[int, int]) -> 
     """A function giving the same seeded image batches on every call (one pass per exported variant)."""
     from torch.utils.data import DataLoader
 
-    from training.data import DatasetSpec, build_dataset, train_transform
+    from training import DatasetSpec, build_dataset, train_transform
 
     spec = DatasetSpec.parse(options.calib_data)
     transform = train_transform(input_size, scale_range=(1.0, 1.0), ignore_index=spec.ignore_index, flip_prob=0.0, photometric=False)
@@ -192,7 +190,7 @@ def calibration_batches(options: ExportOptions, input_size: tuple[int, int]) -> 
 
 def sliced_model(supernet: torch.nn.Module, config: ArchConfig, batches: Callable[[], Iterable], num_batches: int, number: int) -> torch.nn.Module:
     """The trial's subnet with the supernet's shared weights and BatchNorm statistics of its own."""
-    from hrvit_space.batchnorm import recalibrate_bn
+    from hrvit_space import recalibrate_bn
 
     try:
         model = supernet.extract(config)
@@ -204,7 +202,7 @@ def sliced_model(supernet: torch.nn.Module, config: ArchConfig, batches: Callabl
 
 def _initialised_model(config: ArchConfig) -> torch.nn.Module:
     """The architecture with seeded random weights: enough for deployment formats and latency checks."""
-    from hrvit_space.model import build_model
+    from hrvit_space import build_model
 
     with torch.random.fork_rng():
         torch.manual_seed(CHECK_SEED)
@@ -299,7 +297,7 @@ def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path])
         raise ExportError("--supernet and --calib-data go together: weights are sliced from the supernet, then BatchNorm is recalibrated on the data")
     if options.supernet is not None and not Path(options.supernet).is_file():
         raise ExportError(f"supernet checkpoint {str(options.supernet)!r} not found; pass the supernet.pt written by `hrvit-nas train-supernet`")
-    from training.data import DatasetSpec
+    from training import DatasetSpec
 
     for spec in (options.data, options.calib_data):
         if spec is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from search.objectives import BUDGETS, OBJECTIVES
+from search import BUDGETS, OBJECTIVES
 
 
 @dataclass(frozen=True)

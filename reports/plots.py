@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from hrvit_nas.atomic import atomic_path
+from hrvit_nas import atomic_path
 from reports.metrics import BY_COLUMN, Metric
 from reports.study_data import StudyData
 
@@ -217,7 +217,7 @@ def baseline_label(row: pd.Series) -> str:
     """``HRViT-b3`` only when the trial is that preset (windows fitted to the input, as ``profile --preset``
     runs it); in a smaller space it is the nearest member, and naming it after the preset alone would
     claim b3's accuracy and size for a much smaller network."""
-    from hrvit_space.config import ArchConfig, preset
+    from hrvit_space import ArchConfig, preset
 
     name = row["baseline"]
     config = ArchConfig.from_dict(json.loads(row["config_json"]))
@@ -232,7 +232,7 @@ def hypervolume_plot(data: StudyData) -> Figure | None:
 
     Reference point: the worst feasible value of each objective, pushed 10% of its range further.
     """
-    from search.hypervolume import feasible_trials, hypervolume_history, reference_point
+    from search import feasible_trials, hypervolume_history, reference_point
 
     study = data.study
     if len(study.directions) < 2:
@@ -326,7 +326,7 @@ def trial_breakdowns(data: StudyData, numbers: list[int]) -> dict[int, dict[str,
 
 def _count_breakdowns(trial: Any) -> dict[str, dict[str, float]]:
     from profiling import profile
-    from search.records import trial_config
+    from search import trial_config
 
     counts = profile(trial_config(trial), device="cpu", measure_latency=False, energy=False, cache=None)
     return {

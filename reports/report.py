@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hrvit_nas.atomic import atomic_write_text
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError, atomic_write_text
 from reports.html import render_html
 from reports.plots import render_figures
 from reports.study_data import StudyData

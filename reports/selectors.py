@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from reports.metrics import BY_COLUMN, BY_OBJECTIVE, Metric
 from reports.study_data import StudyData
 

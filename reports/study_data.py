@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from hrvit_nas.errors import UserError
+from hrvit_nas import UserError
 from reports.metrics import BY_OBJECTIVE, METRICS, Metric
 
 
@@ -63,9 +63,7 @@ class StudyData:
 def load_study_data(name: str, storage: str | None) -> StudyData:
     """Open ``name`` for reading: a missing local storage file is an error, never created, and
     ``open_study`` refuses a store without Optuna's schema rather than writing it."""
-    from search.records import open_study
-    from search.storage import default_storage_url, normalize_url, redact
-    from search.workers import DEFAULT_RUN_ROOT
+    from search import DEFAULT_RUN_ROOT, default_storage_url, normalize_url, open_study, redact
 
     url = normalize_url(storage) if storage else default_storage_url(DEFAULT_RUN_ROOT / name)
     path = local_storage_file(url)
@@ -81,7 +79,7 @@ def local_storage_file(url: str) -> Path | None:
 
 
 def study_data(study: optuna.Study, storage_url: str | None = None) -> StudyData:
-    from search.records import study_settings, trials_frame
+    from search import study_settings, trials_frame
 
     settings = study_settings(study)
     names = [o["name"] for o in settings.get("objectives", [])]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hrvit_nas.atomic import atomic_path, atomic_write_text
+from hrvit_nas import atomic_path, atomic_write_text
 from reports.study_data import StudyData
 
 MARKDOWN_DROPS = ("config_json",)
