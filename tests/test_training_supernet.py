@@ -149,11 +149,22 @@ def test_short_train_prunes_only_single_objective_studies():
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
+def test_short_train_trains_on_crops_and_validates_on_whole_images():
+    estimator = ShortTrainEstimator(data="synthetic:num_samples=8,val_samples=4,size=32,num_classes=4", iterations="1",
+                                    eval_points="1", batch_size="2", crop="16", device="cpu")
+    image, mask = estimator.train_set[0]
+    assert image.shape[-2:] == mask.shape == (16, 16)
+    assert estimator.val_set[0][1].shape == (32, 32)
+    assert 0 <= estimator.estimate(tiny_config()) <= 1
+
+
 def test_estimator_options_are_validated():
     with pytest.raises(UserError, match="checkpoint=PATH"):
         SupernetEstimator()
     with pytest.raises(UserError, match="iterations='many'"):
         ShortTrainEstimator(data="synthetic", iterations="many")
+    with pytest.raises(UserError, match="crop=0"):
+        ShortTrainEstimator(data="synthetic", crop=0)
     with pytest.raises(UserError, match="data= is required"):
         ShortTrainEstimator()
     with pytest.raises(UserError, match="not found"):

@@ -82,7 +82,9 @@ class ShortTrainEstimator(AccuracyEstimator):
 
     Evaluates ``eval_points`` times; with a single-objective study it reports each value to the trial
     and stops early (``optuna.TrialPruned``) when the study's pruner says so. Options: ``data``
-    (required), ``iterations`` (200), ``batch_size``, ``lr``, ``eval_points`` (4), ``val_samples``.
+    (required), ``iterations`` (200), ``batch_size``, ``lr``, ``eval_points`` (4), ``val_samples``,
+    ``crop`` (side of the square training crops; default the data's image size): training on crops of
+    larger images keeps a step cheap while validation still sees the whole image.
     """
 
     name = "short-train"
@@ -90,13 +92,16 @@ class ShortTrainEstimator(AccuracyEstimator):
     unit = MIOU_UNIT
 
     def __init__(self, data: str | None = None, iterations: Any = 200, batch_size: Any = None, lr: Any = None,
-                 eval_points: Any = 4, val_samples: Any = None, input_size: Any = None, device: str | None = "auto",
-                 seed: Any = 0) -> None:
+                 eval_points: Any = 4, val_samples: Any = None, crop: Any = None, input_size: Any = None,
+                 device: str | None = "auto", seed: Any = 0) -> None:
         self.spec = _parse_spec(data)
         overrides: dict[str, Any] = {"iterations": _int_option(iterations, "iterations"), "num_workers": 0,
                                      "seed": _int_option(seed if seed is not None else 0, "seed", minimum=0)}
         if batch_size is not None:
             overrides["batch_size"] = _int_option(batch_size, "batch_size")
+        if crop is not None:
+            side = _int_option(crop, "crop")
+            overrides["crop_size"] = (side, side)
         if lr is not None:
             try:
                 overrides["lr"] = float(lr)
