@@ -3,11 +3,11 @@
 from training.data.datasets import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
-    DatasetError,
     DatasetSpec,
     PairedSegmentation,
     build_dataset,
 )
+from training.data.errors import DatasetError
 from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform

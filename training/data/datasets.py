@@ -26,8 +26,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from hrvit_nas import UserError
-from training.data import mni152
+from training.data.errors import DatasetError
+from training.data.mni152 import CLASS_NAMES as MNI152_CLASSES
+from training.data.mni152 import OPTIONS as MNI152_OPTIONS
+from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
 from training.data.transforms import eval_transform
 
@@ -38,7 +40,7 @@ FILE_IGNORE = 255  # the ignore value stored in every supported mask format
 # val_samples defaults to a quarter of num_samples (at least 1).
 SYNTHETIC_OPTIONS = {"num_samples": 256, "val_samples": None, "size": 64, "seed": 0, "num_classes": 4}
 # Kinds generated in-process (no root directory): their integer options and defaults.
-KIND_OPTIONS = {"synthetic": SYNTHETIC_OPTIONS, "mni152": mni152.OPTIONS}
+KIND_OPTIONS = {"synthetic": SYNTHETIC_OPTIONS, "mni152": MNI152_OPTIONS}
 FOLDER_LAYOUT = "folder layout: classes.txt, images/{train,val}/*.png|jpg, masks/{train,val}/*.png (same stem)"
 SPEC_FORMS = (
     "synthetic",
@@ -70,10 +72,6 @@ CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset spec that cannot be parsed, or a dataset directory that is missing or malformed."""
 
 
 def _example(kind: str) -> str:
@@ -131,7 +129,7 @@ class DatasetSpec:
         derived = self._derive_num_classes() if self.num_classes is None else self.num_classes
         if not isinstance(derived, int) or isinstance(derived, bool) or derived < 1:
             raise DatasetError(f"num_classes={derived!r}; use a positive integer or leave it out to derive it")
-        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES), "mni152": len(mni152.CLASS_NAMES)}.get(self.kind)
+        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES), "mni152": len(MNI152_CLASSES)}.get(self.kind)
         if self.kind == "synthetic":
             fixed = self.options.get("num_classes")
         if fixed is not None and derived != fixed:
@@ -149,7 +147,7 @@ class DatasetSpec:
         if self.kind == "folder":  # a stored spec carries num_classes, so only new specs need the data here
             return len(_read_class_list(Path(self.root)))
         if self.kind == "mni152":
-            return len(mni152.CLASS_NAMES)
+            return len(MNI152_CLASSES)
         return self.options.get("num_classes", SYNTHETIC_OPTIONS["num_classes"])
 
     @classmethod
@@ -350,7 +348,7 @@ def build_dataset(spec: DatasetSpec, split: str, transform: Callable | None = No
             transform=transform,
         )
     if spec.kind == "mni152":
-        return mni152.MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform)
+        return MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform)
     reader = {"ade20k": ade20k, "cityscapes": cityscapes, "folder": folder}[spec.kind]
     dataset = reader(spec.root, split, spec.ignore_index, transform)
     if dataset.num_classes != spec.num_classes:

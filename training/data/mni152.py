@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from training.data.errors import DatasetError
 from training.data.transforms import eval_transform
 
 CLASS_NAMES = ("background", "csf/other", "grey matter", "white matter")
@@ -43,8 +44,6 @@ INSTALL_HINT = "install the package that ships it: pip install 'hrvit-nas[brain]
 def _volumes() -> dict[str, np.ndarray]:
     """The three volumes as float32 in [0, 1], axes (x, y, z), read from the installed nilearn wheel."""
     import importlib.metadata
-
-    from training.data.datasets import DatasetError
 
     try:
         import nibabel
