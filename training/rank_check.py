@@ -150,10 +150,8 @@ def rank_check(
     built: dict[str, Any] = {}
     for name in estimators:
         built[name] = supernet_estimator if name == "supernet" else make_estimator(name, input_size=crop, device=str(supernet_estimator.device), seed=seed)
-    if predictor is not None:
-        from training.accuracy_predictor import PredictorEstimator
-
-        built["predictor"] = PredictorEstimator(predictor=str(predictor))
+    if predictor is not None:  # registered like every estimator, so rank_check needs no import of its module
+        built["predictor"] = make_estimator("predictor", predictor=str(predictor))
     reference = ShortTrainEstimator(data=spec, iterations=train_iterations, eval_points=1, val_samples=val_samples,
                                     device=device, seed=seed)
     rows = []
