@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from hrvit_nas.cli import main as run_cli
 from hrvit_nas.errors import UserError
 from hrvit_space.space import SearchSpace
 from profiling import LatencyPredictor, PredictorMismatch, profile
-from profiling.predictor import _stratified
+from profiling.predictor import _stratified, noise_ceiling, paired_ratios
 from test_profiling import TINY as TINY_NAMED
 
 TINY = TINY_NAMED.replace(name=None)  # a space's base carries no name
@@ -54,6 +55,27 @@ def test_predictor_reports_accuracy_beside_its_noise_floor(predictor):
     assert predictor.runtime_version.startswith("torch ")
     measured = [m for _, _, m in accuracy.rows]
     assert max(measured) > min(measured) > 0
+
+
+def test_perfect_predictor_ceiling_follows_the_noise_floor(predictor):
+    measured = [80.0 + 3.5 * i for i in range(20)]  # the 78-149 ms span of a b1 space at 224
+    assert noise_ceiling(measured, 0.0) == (100.0, 1.0)
+    within, tau = noise_ceiling(measured, 5.5)  # the idle 2-core VM's floor: the goals were out of reach
+    assert 88 < within < 96 and tau < 0.9
+    assert noise_ceiling(measured, 1.5)[0] > 99
+    accuracy = predictor.accuracy  # the build prints it beside its own accuracy
+    assert accuracy.ceiling_within10_pct is not None and "a perfect predictor would score" in accuracy.describe()
+
+
+def test_paired_ratios_cancel_load_changes_between_rounds():
+    load = [1.0, 1.6, 1.1, 1.5, 1.3, 1.9, 1.2]  # each round's slowdown, shared by the anchor and the run
+    own = [0.04, -0.04, 0.0, 0.04, -0.04, 0.02, -0.02]  # the run's own trial noise
+    anchor = [2.0 * d for d in load]
+    run = [6.0 * d * (1 + e) for d, e in zip(load, own)]
+    ratio = statistics.median(paired_ratios(run, anchor))
+    assert ratio == pytest.approx(3.0, rel=0.005)
+    assert abs(statistics.median(run) / statistics.median(anchor) - 3.0) > 0.1  # ratio of medians: 4% off
+    assert len(paired_ratios(run[:4], anchor)) == 4  # a run that left the rounds early pairs with its own rounds
 
 
 def test_one_predictor_answers_for_one_runtime_dtype_batch_and_input(predictor):
