@@ -12,7 +12,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, never a silent CPU run."""
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, never a silent CPU run.
+
+    The one rule for every ``--device`` (profile, search, train, predict, the estimators): cpu, cuda,
+    cuda:N (N must be visible) or auto; ``cuda`` means ``cuda:0``, so results name the GPU they ran on.
+    """
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":
@@ -24,7 +28,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cpu":
         return resolved
     if resolved.type != "cuda":
-        raise UserError(f"device {device!r} is not supported by the profiler; use cpu, cuda, cuda:N or auto")
+        raise UserError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
     if not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but no CUDA GPU is visible to torch {torch.__version__}; use --device cpu or auto")
     index = resolved.index or 0

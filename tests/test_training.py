@@ -288,3 +288,14 @@ def test_cli_bundle_recipe_without_dataset_root_asks_for_data(tmp_path, capsys):
     TrainRecipe.for_dataset("ade20k").save(tmp_path / "train.yaml")
     assert run_cli(["train", str(tmp_path)]) == 2
     assert re.search(r"needs a root directory.*pass --data SPEC", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda:7" if torch.cuda.is_available() else "cuda"])
+def test_training_devices_follow_the_profilers_rule(device):
+    """One resolve_device (profiling.device): training refuses what the profiler refuses, before any work."""
+    from training.distributed import init_distributed
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("needs fewer than 8 GPUs")
+    with pytest.raises(UserError, match="not supported|no CUDA GPU|only"):
+        init_distributed(device)

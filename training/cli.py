@@ -209,7 +209,7 @@ def _size(text: str | None, flag: str) -> tuple[int, int] | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from training.distributed import resolve_device
+    from profiling import resolve_device
     from training.predict import image_files, load_trained_model, predict_images
 
     device = resolve_device(args.device)
@@ -222,8 +222,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from profiling import resolve_device
     from training.data import DatasetSpec
-    from training.distributed import resolve_device
     from training.metrics import write_metrics
     from training.predict import evaluate_model, load_trained_model
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from hrvit_nas import UserError
+from profiling import resolve_device
 
 
 @dataclass(frozen=True)
@@ -28,19 +29,6 @@ class DistContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable device is a user error, not a crash later."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"device {device!r} not understood; allowed: auto, cpu, cuda, cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
-    return resolved
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -13,8 +13,9 @@ from typing import Any
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig
+from profiling import resolve_device
 from search import AccuracyEstimator
-from training.distributed import DistContext, resolve_device
+from training.distributed import DistContext
 from training.evaluation import evaluate_member, space_member, val_loader
 from training.loop import run_training
 from training.optim import segmentation_loss
