@@ -1,7 +1,10 @@
 """Profiler benchmark: latency stability, contended-vs-quiet detection, predictor accuracy, cache, MACs.
 
-    python benchmarks/profile_stability.py --threads 1            # the full run, about 8-10 min alone on a CPU
+    python benchmarks/profile_stability.py --threads 1            # the full run, about 7-8 min alone on a CPU
     python benchmarks/profile_stability.py --smoke                # tiny sizes: proves the script runs (~1 min)
+
+Every measurement uses the timing strategy ``--strategy`` (default: ``profiling.latency.DEFAULT_STRATEGY``,
+the one ``benchmarks/latency_noise.py`` chose), as ``profile`` and the predictor build do.
 
 1. Stability (goal: CV of repeated medians < 2%, each measurement <= ~30 s): b1 at 512x512 and 224x224
    is measured ``--repeats`` times; prints each median / 20%-trimmed mean / min trial, and the CV across
@@ -12,7 +15,7 @@
    and prints each against the quiet median, with the flag, reference slowdown and run-queue wait.
 3. Predictor (goal: >= 95% of held-out configs within +-10%, Kendall tau >= 0.9): builds the predictor of
    the default space at ``--predictor-input`` and prints its held-out accuracy beside the noise floor of
-   the measurements, and every held-out row.
+   the measurements (and what a perfect predictor would score at that floor), and every held-out row.
 4. Cache hit time (goal < 50 ms); ``--macs``: GMACs of b1/b2/b3 at 512x512 against the reference.
 Prints the date, machine, load average and thread count first, so the figures can be judged.
 """
@@ -36,7 +39,7 @@ import torch
 from hrvit_space.config import HeadConfig, preset
 from hrvit_space.model import build_model
 from hrvit_space.space import SearchSpace
-from profiling import LatencyPredictor, count_flops, device_fingerprint, measure_latency, profile
+from profiling import STRATEGIES, LatencyPredictor, count_flops, device_fingerprint, measure_latency, profile, timing_strategy
 
 REFERENCE_GMACS = {("b1", "none"): 10.75, ("b2", "none"): 25.09, ("b3", "none"): 28.73,
                    ("b1", "segformer"): 16.15, ("b2", "segformer"): 30.63, ("b3", "segformer"): 71.16}
@@ -62,7 +65,7 @@ def stability(args: argparse.Namespace) -> dict[int, float]:
         medians, trimmed, fastest, flagged, seconds = [], [], [], 0, []
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            stats = measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, **args.timing)
+            stats = measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, strategy=args.timing)
             seconds.append(time.perf_counter() - start)
             medians.append(stats.median)
             trimmed.append(stats.trimmed_mean)
@@ -87,7 +90,7 @@ def contended_vs_quiet(args: argparse.Namespace, quiet_ms: float, side: int) -> 
     try:
         time.sleep(1.0)
         for run in range(args.contended_runs):
-            stats = measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, **args.timing)
+            stats = measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, strategy=args.timing)
             error = stats.median / quiet_ms - 1
             good = stats.contended or abs(error) <= 0.10
             ok += good
@@ -109,8 +112,9 @@ def predictor_accuracy(args: argparse.Namespace) -> None:
     else:
         space = SearchSpace.default().with_input_size((args.predictor_input, args.predictor_input))
     start = time.perf_counter()
+    quick = {"warmup_s": args.timing.warmup_s, "trials": args.timing.trials} if args.smoke else {}
     predictor = LatencyPredictor.build(space, args.device, calibration=args.calibration, holdout=args.holdout, seed=args.seed,
-                                       threads=args.threads, progress=sys.stderr.isatty())
+                                       threads=args.threads, strategy=args.timing, progress=sys.stderr.isatty(), **quick)
     acc = predictor.accuracy
     print(f"predictor on {args.device} at {space.base.input_size} ({time.perf_counter() - start:.0f} s to build): {acc.describe()} "
           f"(goals >= 95% and tau >= 0.9); per-branch scales {[round(a, 3) for a in predictor.alphas]} + {predictor.beta:.2f} ms")
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="bound of each measurement")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--strategy", choices=list(STRATEGIES), default=None, help="timing strategy (default: the profiler's)")
     parser.add_argument("--contended-runs", type=int, default=4)
     parser.add_argument("--hog-seconds", type=float, default=150.0, help="hard bound of the hog processes' life")
     parser.add_argument("--predictor-input", type=int, default=224)
@@ -164,14 +169,15 @@ def main() -> None:
     parser.add_argument("--skip-predictor", action="store_true")
     parser.add_argument("--macs", action="store_true")
     args = parser.parse_args()
-    args.timing = {"warmup_s": 0.1, "trials": 4, "max_trials": 6} if args.smoke else {}
+    args.timing = timing_strategy(args.strategy, **({"warmup_s": 0.1, "trials": 4, "max_trials": 6} if args.smoke else {}))
     if args.smoke:
         args.sizes, args.repeats, args.contended_runs, args.max_seconds = [64], 2, 1, 5.0
         args.calibration, args.holdout, args.hog_seconds = 4, 3, 30.0
     fingerprint = device_fingerprint(args.device, threads=args.threads)
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device {fingerprint['name']} ({fingerprint['kind']}), "
           f"torch {fingerprint['torch']}, threads {fingerprint['threads']} of {len(os.sched_getaffinity(0))} usable cores, "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, fingerprint {fingerprint['fingerprint_id']}")
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, fingerprint {fingerprint['fingerprint_id']}, "
+          f"timing strategy {args.timing}")
     cache_hit(args)
     quiet = {}
     if not args.skip_stability:
@@ -187,7 +193,7 @@ def main() -> None:
 
 def stability_reference(args: argparse.Namespace, side: int) -> float:
     model, x = model_and_input(args, side)
-    return measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, **args.timing).median
+    return measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, strategy=args.timing).median
 
 
 if __name__ == "__main__":
