@@ -133,7 +133,14 @@ class ReferenceStyleHRViT(nn.Module):
         xs = [self.model.stem(x.contiguous())]
         for stage in self.model.stages:
             xs = stage(xs)
-        return self.model.head(xs)
+        return self.head(xs)
+
+    def head(self, xs: list[Tensor]) -> Tensor:
+        """The reference's SegFormer head: project, resize every map to 1/4, concat, fuse conv + BN, ReLU, classify."""
+        head, size = self.model.head, xs[0].shape[-2:]
+        maps = [proj(x) for proj, x in zip(head.proj, xs)]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        return head.classifier(head.dropout(F.relu(head.fuse(torch.cat(maps, dim=1)))))
 
 
 def plain_layers(module: nn.Module) -> nn.Module:

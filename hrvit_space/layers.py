@@ -41,13 +41,13 @@ def gelu_nchw(x: Tensor) -> Tensor:
 _ONEDNN_MIN_ELEMENTS = 20480
 
 
-def _traced() -> bool:
+def traced() -> bool:
     """Inside ``torch.jit.trace`` (fvcore, ONNX, TorchScript) or ``torch.compile``: emit the plain ops."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _onednn_pays(x: Tensor) -> bool:
-    if _traced():
+    if traced():
         return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and torch.backends.mkldnn.enabled
             and (x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS))
@@ -209,7 +209,7 @@ class MixCFN(nn.Module):
     def packed(self) -> tuple[Tensor, ...]:
         """fc1 weight and bias, the packed 5x5 kernel and its bias, fc2 weight and bias."""
         params = list(self.parameters())
-        if torch.is_grad_enabled() or _traced() or any(p.is_inference() for p in params):
+        if torch.is_grad_enabled() or traced() or any(p.is_inference() for p in params):
             return self._pack()  # autograd needs the graph; traces record it; inference tensors have no version
         key = (self.hidden, tuple((p.data_ptr(), p._version) for p in params))
         if self._packed is None or self._packed[0] != key:

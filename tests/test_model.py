@@ -201,6 +201,31 @@ def test_merged_segformer_head_without_folding_keeps_its_batchnorm_and_outputs()
         torch.testing.assert_close(MergedSegFormerHead(model.head).eval()(features), model.head(features), rtol=1e-4, atol=1e-5)
 
 
+def concat_segformer_head(head, features):
+    """The SegFormer head as defined: project, resize to 1/4, concat, fuse conv + BN, ReLU, classify."""
+    size = features[0].shape[-2:]
+    maps = [proj(x) for proj, x in zip(head.proj, features)]
+    maps = [maps[0]] + [torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+    return head.classifier(head.dropout(torch.relu(head.fuse(torch.cat(maps, dim=1)))))
+
+
+def test_segformer_head_fuses_per_branch_with_the_concat_heads_outputs_gradients_and_traced_ops():
+    head = randomise(HRViT(tiny())).head.train()
+    head.dropout.p = 0.0  # the two forwards must see the same (no) dropout
+    features = [torch.randn(2, c, 16 // 2**b, 12 // 2**b, requires_grad=True) for b, c in enumerate((16, 32, 64, 128))]
+    twin = randomise(HRViT(tiny())).head.train()
+    twin.dropout.p = 0.0
+    got, want = head(features), concat_segformer_head(twin, features)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # training mode: batch statistics
+    grads = torch.autograd.grad(got.square().sum(), [head.fuse.conv.weight, head.proj[3].weight, features[2]])
+    expected = torch.autograd.grad(want.square().sum(), [twin.fuse.conv.weight, twin.proj[3].weight, features[2]])
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(head.fuse.bn.running_mean, twin.fuse.bn.running_mean)
+    graph = torch.jit.trace(head.eval(), (features,)).inlined_graph  # fvcore and ONNX see the architecture's ops
+    assert "aten::cat" in str(graph)
+
+
 def test_gelu_on_channels_last_maps_keeps_layout_and_values():
     x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
     y = gelu_nchw(x)
