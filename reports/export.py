@@ -1,5 +1,8 @@
 """Export bundles: what ``hrvit-nas train`` takes, one per chosen trial.
 
+This module chooses and lays out; the bundle itself is ``training.Bundle`` and the model work (weight
+slicing, BatchNorm recalibration, ONNX/TorchScript with their output checks) is ``training.deploy``.
+
 A bundle holds ``config.yaml`` (validated, schema-versioned ArchConfig), ``train.yaml`` (TrainRecipe),
 ``metrics.json`` (every measurement with its unit, the device fingerprint, budgets and feasibility) and
 optionally ``weights.pt`` (sliced from a supernet, BatchNorm recalibrated), ``model.onnx`` and
@@ -12,41 +15,38 @@ a failed export leaves an existing ``--out`` (replaced only with ``--force``) un
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import re
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hrvit_nas import UserError, atomic_path, atomic_write_text
+from hrvit_nas import atomic_write_text
 from hrvit_space import SCHEMA_VERSION, ArchConfig
 from reports.metrics import MEASUREMENT_UNITS
 from reports.study_data import StudyData
 from search import trial_config
-from training import CONFIG_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE
+from training import (
+    BUNDLE_FILES,
+    CONFIG_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    Bundle,
+    DatasetSpec,
+    ExportError,
+    TrainRecipe,
+    calibration_loader,
+    initialised_model,
+    load_supernet,
+    sliced_model,
+    write_formats,
+)
 
-ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.ts"
-REQUIRED_FILES = frozenset({CONFIG_FILE, RECIPE_FILE, METRICS_FILE})
-BUNDLE_FILES = REQUIRED_FILES | {WEIGHTS_FILE, ONNX_FILE, TORCHSCRIPT_FILE}
-
+REQUIRED_FILES = frozenset({CONFIG_FILE, RECIPE_FILE, METRICS_FILE})  # what every export writes
 DATASET_BY_CLASSES = {150: "ade20k", 19: "cityscapes"}
-CHECK_ATOL = 1e-4
-CHECK_RTOL = 1e-3
-CHECK_SEED = 0
-CALIB_BATCH_SIZE = 8
-ONNX_OPSET = 18
-
-
-class ExportError(UserError, ValueError):
-    """An export that cannot be written as asked (output exists, missing option, failed output check)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ def export_trials(data: StudyData, numbers: list[int], out_dir: str | Path, opti
         n = not_complete[0]
         reason = trials[n].user_attrs.get("failure_reason") or trials[n].state.name
         raise ExportError(f"trial {n} of study {data.name!r} did not complete ({reason}); pick a complete trial")
-    supernet = _load_supernet(options) if options.supernet else None
-    calibration = calibration_batches(options, trial_config(trials[numbers[0]]).input_size) if supernet else None
+    supernet = load_supernet(options.supernet)[0].eval() if options.supernet else None
+    input_size = trial_config(trials[numbers[0]]).input_size
+    calibration = calibration_loader(DatasetSpec.parse(options.calib_data), input_size) if supernet else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.staging"
     staging.mkdir()  # unlike tempfile.mkdtemp (0700), mkdir honours the user's umask like every other output
@@ -95,26 +96,18 @@ def export_trials(data: StudyData, numbers: list[int], out_dir: str | Path, opti
 
 
 def write_bundle(data: StudyData, trial: Any, bundle: Path, options: ExportOptions,
-                 supernet: torch.nn.Module | None = None, calibration: Callable[[], Iterable] | None = None) -> None:
-    bundle.mkdir(parents=True, exist_ok=True)
+                 supernet: Any = None, calibration: Callable[[], Iterable] | None = None) -> None:
     baseline = trial.user_attrs.get("baseline")
     config = trial_config(trial).replace(name=f"{data.name}-trial{trial.number}" + (f"-{baseline}" if baseline else ""))
-    config.save(bundle / CONFIG_FILE)
     recipe = training_recipe(config, options)
-    recipe.save(bundle / RECIPE_FILE)
-    model = None
-    if supernet is not None:
-        model = sliced_model(supernet, config, calibration, options.calib_batches, trial.number)
-        with atomic_path(bundle / WEIGHTS_FILE) as tmp:
-            torch.save(model.state_dict(), tmp)
+    model = sliced_model(supernet, config, calibration, options.calib_batches) if supernet is not None else None
+    bundle.mkdir(parents=True, exist_ok=True)
     checks: dict[str, float] = {}
     if options.onnx or options.torchscript:
-        model = model if model is not None else _initialised_model(config)
-        if options.torchscript:
-            checks["torchscript_max_abs_diff"] = export_torchscript(model, config, bundle / TORCHSCRIPT_FILE)
-        if options.onnx:
-            checks["onnx_max_abs_diff"] = export_onnx(model, config, bundle / ONNX_FILE)
-    atomic_write_text(bundle / METRICS_FILE, json.dumps(trial_metrics(data, trial, config, checks), indent=2, sort_keys=True) + "\n")
+        checks = write_formats(model if model is not None else initialised_model(config), config, bundle,
+                               onnx=options.onnx, torchscript=options.torchscript)
+    metrics = trial_metrics(data, trial, config, checks)
+    Bundle(config, recipe, None, metrics).write(bundle, weights=model.state_dict() if model is not None else None)
 
 
 def trial_metrics(data: StudyData, trial: Any, config: ArchConfig, checks: dict[str, float]) -> dict[str, Any]:
@@ -149,8 +142,6 @@ def trial_metrics(data: StudyData, trial: Any, config: ArchConfig, checks: dict[
 
 def training_recipe(config: ArchConfig, options: ExportOptions):
     """The paper's recipe for the dataset: ``--data``, else the one the head's class count names (no root)."""
-    from training import DatasetSpec, TrainRecipe
-
     if options.data:
         return TrainRecipe.for_spec(DatasetSpec.parse(options.data))
     kind = DATASET_BY_CLASSES.get(config.head.num_classes)
@@ -160,119 +151,6 @@ def training_recipe(config: ArchConfig, options: ExportOptions):
             "(e.g. folder:/path/to/data or synthetic:num_classes=4)"
         )
     return TrainRecipe.for_dataset(kind)
-
-
-# ---------------------------------------------------------------------------------------- weights
-def _load_supernet(options: ExportOptions) -> torch.nn.Module:
-    from training import load_supernet
-
-    supernet, _, _ = load_supernet(options.supernet)
-    return supernet.eval()
-
-
-def calibration_batches(options: ExportOptions, input_size: tuple[int, int]) -> Callable[[], Iterable]:
-    """A function giving the same seeded image batches on every call (one pass per exported variant)."""
-    from torch.utils.data import DataLoader
-
-    from training import DatasetSpec, build_dataset, train_transform
-
-    spec = DatasetSpec.parse(options.calib_data)
-    transform = train_transform(input_size, scale_range=(1.0, 1.0), ignore_index=spec.ignore_index, flip_prob=0.0, photometric=False)
-    dataset = build_dataset(spec, "train", transform=transform)
-
-    def batches() -> Iterable:
-        generator = torch.Generator().manual_seed(CHECK_SEED)
-        torch.manual_seed(CHECK_SEED)  # the random crops draw from the global generator
-        return DataLoader(dataset, batch_size=CALIB_BATCH_SIZE, shuffle=True, generator=generator, num_workers=0)
-
-    return batches
-
-
-def sliced_model(supernet: torch.nn.Module, config: ArchConfig, batches: Callable[[], Iterable], num_batches: int, number: int) -> torch.nn.Module:
-    """The trial's subnet with the supernet's shared weights and BatchNorm statistics of its own."""
-    from hrvit_space import recalibrate_bn
-
-    try:
-        model = supernet.extract(config)
-    except UserError as error:
-        raise ExportError(f"trial {number} is not a member of the supernet ({error}); pass the supernet trained on this study's space") from None
-    with torch.random.fork_rng():
-        return recalibrate_bn(model, batches(), num_batches=num_batches)
-
-
-def _initialised_model(config: ArchConfig) -> torch.nn.Module:
-    """The architecture with seeded random weights: enough for deployment formats and latency checks."""
-    from hrvit_space import build_model
-
-    with torch.random.fork_rng():
-        torch.manual_seed(CHECK_SEED)
-        return build_model(config).eval()
-
-
-# ----------------------------------------------------------------------------- deployment formats
-def _example_input(config: ArchConfig) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(CHECK_SEED)
-    return torch.randn(1, config.in_chans, *config.input_size, generator=generator)
-
-
-def _tensors(output: Any) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for _, value in sorted(output.items()) for t in _tensors(value)]
-    return [t for value in output for t in _tensors(value)]
-
-
-def _max_diff(name: str, expected: list[torch.Tensor], got: list[Any]) -> float:
-    if len(expected) != len(got):
-        raise ExportError(f"{name} returns {len(got)} outputs, PyTorch {len(expected)}; export without this format")
-    worst = 0.0
-    for reference, value in zip(expected, got):
-        value = torch.as_tensor(value)
-        if value.shape != reference.shape or not torch.allclose(value, reference, atol=CHECK_ATOL, rtol=CHECK_RTOL):
-            diff = float((value - reference).abs().max()) if value.shape == reference.shape else float("inf")
-            raise ExportError(f"{name} output differs from PyTorch (max abs diff {diff:.3g}); export without this format")
-        worst = max(worst, float((value - reference).abs().max()))
-    return worst
-
-
-def export_torchscript(model: torch.nn.Module, config: ArchConfig, path: Path) -> float:
-    """Trace at the config's input size, save, reload and compare; returns the max absolute difference."""
-    example = _example_input(config)
-    with torch.no_grad(), warnings.catch_warnings():
-        # Window padding is decided from the input size, which is fixed here: the trace is exact for it.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        expected = _tensors(model(example))
-        traced = torch.jit.trace(model, example, check_trace=False)
-        with atomic_path(path) as tmp:
-            torch.jit.save(traced, str(tmp))
-        reloaded = torch.jit.load(str(path))
-        return _max_diff("TorchScript", expected, _tensors(reloaded(example)))
-
-
-def export_onnx(model: torch.nn.Module, config: ArchConfig, path: Path) -> float:
-    """Export (input ``image`` of shape 1x3xHxW), run in onnxruntime and compare; returns the max abs difference.
-
-    Uses torch's TorchScript-based exporter: on HRViT it is ~5x faster than the dynamo exporter (22 s vs
-    108 s for a tiny config on 2 busy cores; minutes for b1) with the same 2e-7 agreement.
-    """
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportError(f"--onnx needs {', '.join(missing)}: pip install onnx onnxruntime (or drop --onnx)")
-    import onnxruntime
-
-    example = _example_input(config)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # an optimisation skipped, not an error
-        expected = _tensors(model(example))
-        with atomic_path(path) as tmp:
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET, input_names=["image"])
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": example.numpy()})
-    return _max_diff("ONNX", expected, [torch.from_numpy(value) for value in got])
 
 
 # ----------------------------------------------------------------------------------- directories
@@ -297,8 +175,6 @@ def _check_request(out_dir: Path, options: ExportOptions, protected: list[Path])
         raise ExportError("--supernet and --calib-data go together: weights are sliced from the supernet, then BatchNorm is recalibrated on the data")
     if options.supernet is not None and not Path(options.supernet).is_file():
         raise ExportError(f"supernet checkpoint {str(options.supernet)!r} not found; pass the supernet.pt written by `hrvit-nas train-supernet`")
-    from training import DatasetSpec
-
     for spec in (options.data, options.calib_data):
         if spec is not None:
             DatasetSpec.parse(spec)  # a malformed spec fails before any work

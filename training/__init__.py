@@ -6,12 +6,25 @@ importing torch.
 """
 
 from hrvit_nas import lazy_exports
-from training.bundle import CONFIG_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE, Bundle, BundleError, load_bundle
+from training.bundle import (
+    BUNDLE_FILES,
+    CONFIG_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    RECIPE_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    Bundle,
+    BundleError,
+    load_bundle,
+)
 from training.recipe import RecipeError, TrainRecipe
 
 __getattr__, _lazy = lazy_exports(__name__, {
     "training.accuracy_predictor": ("AccuracyPredictor", "PredictorEstimator", "fit_predictor"),
     "training.data": ("DatasetError", "DatasetSpec", "build_dataset", "eval_transform", "train_transform"),
+    "training.deploy": ("ExportError", "calibration_loader", "compare_outputs", "export_onnx", "export_torchscript",
+                        "initialised_model", "sliced_model", "write_formats"),
     "training.estimators": ("ShortTrainEstimator", "SupernetEstimator"),
     "training.evaluation": ("evaluate_member",),
     "training.loop": ("TrainingDiverged", "TrainingInterrupted"),
@@ -23,6 +36,6 @@ __getattr__, _lazy = lazy_exports(__name__, {
 })
 
 __all__ = [
-    "CONFIG_FILE", "METRICS_FILE", "RECIPE_FILE", "WEIGHTS_FILE", "Bundle", "BundleError", "RecipeError", "TrainRecipe",
-    "load_bundle", *_lazy,
+    "BUNDLE_FILES", "CONFIG_FILE", "METRICS_FILE", "ONNX_FILE", "RECIPE_FILE", "TORCHSCRIPT_FILE", "WEIGHTS_FILE",
+    "Bundle", "BundleError", "RecipeError", "TrainRecipe", "load_bundle", *_lazy,
 ]

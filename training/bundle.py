@@ -1,4 +1,5 @@
-"""Reading export bundles: a directory with config.yaml, train.yaml, optional weights.pt and metrics.json.
+"""Export bundles, written and read as one ``Bundle``: a directory with config.yaml, train.yaml, optional
+weights.pt and metrics.json (and, from ``hrvit-nas export --onnx/--torchscript``, model.onnx / model.ts).
 
 A finished training run writes the same layout into its output directory, so a trained run is itself
 a bundle (``hrvit-nas train RUN_DIR`` fine-tunes from it).
@@ -9,9 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from hrvit_nas import UserError
+from hrvit_nas import UserError, atomic_path, atomic_write_text
 from hrvit_space import ArchConfig
 from training.recipe import TrainRecipe
 
@@ -19,6 +20,9 @@ CONFIG_FILE = "config.yaml"
 RECIPE_FILE = "train.yaml"
 WEIGHTS_FILE = "weights.pt"
 METRICS_FILE = "metrics.json"
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.ts"
+BUNDLE_FILES = frozenset({CONFIG_FILE, RECIPE_FILE, WEIGHTS_FILE, METRICS_FILE, ONNX_FILE, TORCHSCRIPT_FILE})
 
 
 class BundleError(UserError, ValueError):
@@ -32,6 +36,21 @@ class Bundle:
     weights_path: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    def write(self, directory: str | Path, weights: Mapping[str, Any] | None = None) -> "Bundle":
+        """Write config, recipe, ``weights`` (a state dict) and metrics into ``directory``, each file
+        atomically; returns the bundle as ``load_bundle`` reads it back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_FILE)
+        self.recipe.save(directory / RECIPE_FILE)
+        if weights is not None:
+            import torch  # only writers of weights pay for torch; readers of bundles stay light
+
+            with atomic_path(directory / WEIGHTS_FILE) as tmp:
+                torch.save(weights, tmp)
+        atomic_write_text(directory / METRICS_FILE, json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+        return load_bundle(directory)
 
 
 def load_bundle(directory: str | Path) -> Bundle:
