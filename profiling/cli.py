@@ -12,8 +12,7 @@ import sys
 
 from hrvit_nas import UserError
 from hrvit_space import parse_input_size
-from profiling.profiler import DEFAULT_MAX_SECONDS
-from profiling.runtimes import RUNTIMES
+from profiling.choices import DEFAULT_MAX_SECONDS, RUNTIMES
 
 BUILD_PREDICTOR = "build-predictor"
 PREDICT = "predict"

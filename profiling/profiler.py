@@ -23,6 +23,7 @@ import torch
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig
 from profiling.cache import ProfileCache, cache_key
+from profiling.choices import DEFAULT_MAX_SECONDS
 from profiling.counting import count_flops, count_params
 from profiling.device import check_dtype, resolve_device
 from profiling.energy import (
@@ -39,7 +40,6 @@ from profiling.result import EnergyResult, ProfileResult
 from profiling.runtimes import check_runtime, prepare, runtime_version
 
 DEFAULT_CACHE = "default"
-DEFAULT_MAX_SECONDS = 60.0  # one latency measurement, warm-up and back-offs included
 # Below this many input pixels per call (batch x H x W) even b3 needs a few GiB at most: no estimate first.
 ESTIMATE_MEMORY_ABOVE_PIXELS = 2048 * 2048
 _REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from hrvit_nas import UserError
+from profiling.choices import RUNTIMES
 from profiling.device import DTYPES, autocast, check_dtype
 
-RUNTIMES = ("eager", "compile", "cuda-graphs", "onnxruntime", "onnxruntime-trt", "tensorrt")
 _CUDA_ONLY = {"cuda-graphs", "onnxruntime-trt", "tensorrt"}
 _ONNX_OPSET = 18
 
