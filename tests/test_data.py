@@ -16,10 +16,10 @@ from training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetSpec,
+    EvalTransform,
     SyntheticSegmentation,
+    TrainTransform,
     build_dataset,
-    eval_transform,
-    train_transform,
 )
 from training.metrics import ConfusionMatrix
 
@@ -248,7 +248,7 @@ def decode_labels(image: torch.Tensor) -> torch.Tensor:
 
 def test_train_transform_keeps_image_and_mask_aligned():
     image, mask = blocky_pair()
-    transform = train_transform(48, scale_range=(0.5, 2.0), photometric=False)
+    transform = TrainTransform(48, scale_range=(0.5, 2.0), photometric=False)
     torch.manual_seed(0)
     for _ in range(12):
         out_image, out_mask = transform(image, mask)
@@ -260,7 +260,7 @@ def test_train_transform_keeps_image_and_mask_aligned():
 
 def test_train_transform_without_resize_is_exactly_aligned_and_flips():
     image, mask = blocky_pair()
-    transform = train_transform(32, scale_range=(1.0, 1.0), photometric=False, flip_prob=1.0)
+    transform = TrainTransform(32, scale_range=(1.0, 1.0), photometric=False, flip_prob=1.0)
     out_image, out_mask = transform(image, mask)
     assert torch.equal(decode_labels(out_image), out_mask)
     # a horizontal flip of a crop is a mirrored window of the source mask
@@ -271,7 +271,7 @@ def test_train_transform_without_resize_is_exactly_aligned_and_flips():
 def test_train_transform_masks_hold_only_source_labels_or_ignore():
     image, mask = blocky_pair(20, 24)
     mask = torch.where(mask == 1, torch.tensor(5), mask)  # labels {0, 2, 3, 5}
-    transform = train_transform(64, scale_range=(0.5, 2.0), ignore_index=200)
+    transform = TrainTransform(64, scale_range=(0.5, 2.0), ignore_index=200)
     torch.manual_seed(0)
     for _ in range(10):
         out_image, out_mask = transform(image, mask)
@@ -282,16 +282,16 @@ def test_train_transform_masks_hold_only_source_labels_or_ignore():
 
 def test_train_transform_image_scale_sets_the_base_size():
     image, mask = blocky_pair(40, 80)
-    transform = train_transform(200, scale_range=(1.0, 1.0), image_scale=(400, 100), photometric=False)
+    transform = TrainTransform(200, scale_range=(1.0, 1.0), image_scale=(400, 100), photometric=False)
     _, out_mask = transform(image, mask)
     assert (out_mask != 255).sum() == 100 * 200  # rescaled to short side 100, padded to 200x200
 
 
 def test_eval_transform_rescales_image_but_keeps_mask():
     image, mask = blocky_pair(40, 56)
-    out_image, out_mask = eval_transform(image_scale=(112, 80))(image, mask)
+    out_image, out_mask = EvalTransform(image_scale=(112, 80))(image, mask)
     assert out_image.shape == (3, 80, 112) and torch.equal(out_mask, mask)
-    plain, _ = eval_transform()(image, mask)
+    plain, _ = EvalTransform()(image, mask)
     assert torch.equal(decode_labels(plain), mask)
 
 

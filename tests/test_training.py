@@ -14,7 +14,7 @@ from hrvit_space.config import ArchConfig, HeadConfig
 from hrvit_space.model import HRViT
 from training import TrainingDiverged, TrainRecipe, load_bundle, train
 from training.checkpoint import CheckpointError, load_checkpoint
-from training.data import DatasetSpec, build_dataset, train_transform
+from training.data import DatasetSpec, TrainTransform, build_dataset
 from training.optim import lr_factor, param_groups, segmentation_loss
 from training.trainer import enable_grad_checkpointing, load_init_weights
 
@@ -72,7 +72,7 @@ class Faulty(Dataset):
 
 
 def train_set_for(recipe: TrainRecipe) -> Dataset:
-    return build_dataset(SPEC, "train", transform=train_transform(recipe.crop_size))
+    return build_dataset(SPEC, "train", transform=TrainTransform(recipe.crop_size))
 
 
 def majority_class_miou(val_set) -> float:

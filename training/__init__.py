@@ -22,7 +22,7 @@ from training.recipe import RecipeError, TrainRecipe
 
 __getattr__, _lazy = lazy_exports(__name__, {
     "training.accuracy_predictor": ("AccuracyPredictor", "PredictorEstimator", "fit_predictor"),
-    "training.data": ("DatasetError", "DatasetSpec", "build_dataset", "eval_transform", "train_transform"),
+    "training.data": ("DatasetError", "DatasetSpec", "EvalTransform", "TrainTransform", "build_dataset"),
     "training.deploy": ("ExportError", "calibration_loader", "compare_outputs", "export_onnx", "export_torchscript",
                         "initialised_model", "sliced_model", "write_formats"),
     "training.estimators": ("ShortTrainEstimator", "SupernetEstimator"),

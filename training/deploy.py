@@ -19,7 +19,7 @@ from torch import nn
 from hrvit_nas import UserError, atomic_path
 from hrvit_space import ArchConfig, build_model, recalibrate_bn
 from training.bundle import ONNX_FILE, TORCHSCRIPT_FILE
-from training.data import DatasetSpec, build_dataset, train_transform
+from training.data import DatasetSpec, TrainTransform, build_dataset
 
 CHECK_ATOL = 1e-4
 CHECK_RTOL = 1e-3
@@ -36,7 +36,7 @@ def calibration_loader(spec: DatasetSpec, input_size: tuple[int, int]) -> Callab
     """A function giving the same seeded image batches on every call (one pass per exported variant)."""
     from torch.utils.data import DataLoader
 
-    transform = train_transform(input_size, scale_range=(1.0, 1.0), ignore_index=spec.ignore_index, flip_prob=0.0, photometric=False)
+    transform = TrainTransform(input_size, scale_range=(1.0, 1.0), ignore_index=spec.ignore_index, flip_prob=0.0, photometric=False)
     dataset = build_dataset(spec, "train", transform=transform)
 
     def batches() -> Iterable:

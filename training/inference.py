@@ -95,7 +95,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """``ConfusionMatrix.compute()`` over ``loader``'s ``(images, masks)`` batches.
 
-    Logits are resized to the mask size, so a loader may rescale images (``eval_transform(image_scale)``)
+    Logits are resized to the mask size, so a loader may rescale images (``EvalTransform(image_scale)``)
     while masks keep their original resolution. With ``distributed`` every process evaluates its shard
     and the counts are summed. The model's train/eval mode is restored afterwards.
     """

@@ -103,16 +103,16 @@ def fit_config_to_data(config: ArchConfig, recipe: TrainRecipe, num_classes: int
 
 def build_train_set(spec, recipe: TrainRecipe) -> Dataset:
     from training.data import build_dataset
-    from training.data.transforms import train_transform
+    from training.data.transforms import TrainTransform
 
-    return build_dataset(spec, "train", transform=train_transform(recipe.crop_size, ignore_index=spec.ignore_index))
+    return build_dataset(spec, "train", transform=TrainTransform(recipe.crop_size, ignore_index=spec.ignore_index))
 
 
 def build_val_set(spec) -> Dataset:
     from training.data import build_dataset
-    from training.data.transforms import eval_transform
+    from training.data.transforms import EvalTransform
 
-    return build_dataset(spec, "val", transform=eval_transform())
+    return build_dataset(spec, "val", transform=EvalTransform())
 
 
 def eval_batch_size(spec) -> int:

@@ -10,7 +10,7 @@ from training.data.datasets import (
 from training.data.errors import DatasetError
 from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -20,9 +20,9 @@ __all__ = [
     "MNI152Slices",
     "DatasetError",
     "DatasetSpec",
+    "EvalTransform",
     "PairedSegmentation",
     "SyntheticSegmentation",
+    "TrainTransform",
     "build_dataset",
-    "eval_transform",
-    "train_transform",
 ]

@@ -31,7 +31,7 @@ from training.data.mni152 import CLASS_NAMES as MNI152_CLASSES
 from training.data.mni152 import OPTIONS as MNI152_OPTIONS
 from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
-from training.data.transforms import eval_transform
+from training.data.transforms import EvalTransform
 
 KINDS = ("ade20k", "cityscapes", "folder", "mni152", "synthetic")
 SPLITS = ("train", "val")
@@ -232,7 +232,7 @@ class PairedSegmentation(Dataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
-        self.transform = transform if transform is not None else eval_transform()
+        self.transform = transform if transform is not None else EvalTransform()
         self.reduce_zero_label = reduce_zero_label
 
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from training.data.errors import DatasetError
-from training.data.transforms import eval_transform
+from training.data.transforms import EvalTransform
 
 CLASS_NAMES = ("background", "csf/other", "grey matter", "white matter")
 FILES = {volume: f"nilearn/datasets/data/mni_icbm152_{volume}_tal_nlin_sym_09a_converted.nii.gz" for volume in ("t1", "gm", "wm")}
@@ -106,7 +106,7 @@ class MNI152Slices(Dataset):
         self.images, self.masks = slices(size, slab, split)
         self.class_names = list(CLASS_NAMES)
         self.num_classes = len(CLASS_NAMES)
-        self.transform = transform if transform is not None else eval_transform()
+        self.transform = transform if transform is not None else EvalTransform()
 
     def __len__(self) -> int:
         return len(self.images)

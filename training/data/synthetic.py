@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hrvit_nas import UserError
-from training.data.transforms import eval_transform
+from training.data.transforms import EvalTransform
 
 SPLITS = ("train", "val")
 SHAPES = ("ellipse", "rectangle", "diamond")
@@ -62,7 +62,7 @@ class SyntheticSegmentation(Dataset):
         self.num_classes = num_classes
         self.seed = seed
         self.split = split
-        self.transform = transform if transform is not None else eval_transform()
+        self.transform = transform if transform is not None else EvalTransform()
         self.class_names = ["background"] + [f"{SHAPES[(c - 1) % len(SHAPES)]}_{c}" for c in range(1, num_classes)]
         self._styles = self._class_styles()
 

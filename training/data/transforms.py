@@ -82,6 +82,7 @@ class TrainTransform:
         crop_size: int | Sequence[int],
         scale_range: tuple[float, float] = (0.5, 2.0),
         ignore_index: int = 255,
+        *,
         image_scale: Sequence[int] | None = None,
         flip_prob: float = 0.5,
         photometric: bool = True,
@@ -131,6 +132,7 @@ class EvalTransform:
     def __init__(
         self,
         image_scale: Sequence[int] | None = None,
+        *,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -142,28 +144,3 @@ class EvalTransform:
         if self.image_scale is not None:
             image = resize_image(image[None], rescale_size(tuple(image.shape[-2:]), self.image_scale))[0]
         return normalize(image, self.mean, self.std), mask.long()
-
-
-def train_transform(
-    crop_size: int | Sequence[int],
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    ignore_index: int = 255,
-    *,
-    image_scale: Sequence[int] | None = None,
-    flip_prob: float = 0.5,
-    photometric: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> TrainTransform:
-    """The training augmentation (see ``TrainTransform``)."""
-    return TrainTransform(crop_size, scale_range, ignore_index, image_scale, flip_prob, photometric, mean, std)
-
-
-def eval_transform(
-    image_scale: Sequence[int] | None = None,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> EvalTransform:
-    """The evaluation transform (normalisation, optional keep-ratio image rescale)."""
-    return EvalTransform(image_scale, mean, std)
