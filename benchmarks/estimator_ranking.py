@@ -28,15 +28,17 @@ user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scal
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
 
-    python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--threads 2]
+    python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--threads 1 --jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -154,7 +156,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64, help="side of the random training crops (GPU: 128)")
     parser.add_argument("--members", type=int, help="benchmark members (default 12)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per job)")
+    parser.add_argument("--jobs", type=int, default=1, help="standalone members trained at once, in separate processes")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -165,6 +168,8 @@ def main() -> None:
         reused = VARIANTS[name][4]
         if reused and reused not in variants[: variants.index(name)]:
             parser.error(f"variant {name} reuses the {reused} supernet; list {reused} before it")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}; allowed: an integer >= 1")
     settings = (SMOKE if args.smoke else Settings()).scaled(args.scale)
     if args.members is not None:
         settings = dataclasses.replace(settings, members=args.members)
@@ -193,11 +198,14 @@ def main() -> None:
     recipe = TrainRecipe.for_spec(spec, iterations=settings.standalone_iterations, eval_interval=interval, checkpoint_interval=0,
                                   crop_size=size)
     weights = {}
-    for row, member in zip(rows, members):
-        result = standalone(member, recipe, out / "standalone", args.device)
-        weights[member.name] = result.pop("weights")
-        row.update({REFERENCE: result["plateau"], "last_quarter_gain": result["last_quarter_gain"], "curve": json.dumps(result["curve"])})
-        log(f"standalone {member.name}: plateau mIoU {result['plateau']:.4f} (last-quarter gain {result['last_quarter_gain']:+.4f})")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        runs = [pool.submit(standalone, member, recipe, out / "standalone", args.device) for member in members]
+        for row, member, run in zip(rows, members, runs):
+            result = run.result()
+            weights[member.name] = result.pop("weights")
+            row.update({REFERENCE: result["plateau"], "last_quarter_gain": result["last_quarter_gain"], "curve": json.dumps(result["curve"])})
+            log(f"standalone {member.name}: plateau mIoU {result['plateau']:.4f} (last-quarter gain {result['last_quarter_gain']:+.4f})")
     timings["standalone"] = time.perf_counter() - phase
 
     checkpoints: dict[str, Path] = {}
