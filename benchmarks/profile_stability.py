@@ -117,7 +117,10 @@ def predictor_accuracy(args: argparse.Namespace) -> None:
                                        threads=args.threads, strategy=args.timing, progress=sys.stderr.isatty(), **quick)
     acc = predictor.accuracy
     print(f"predictor on {args.device} at {space.base.input_size} ({time.perf_counter() - start:.0f} s to build): {acc.describe()} "
-          f"(goals >= 95% and tau >= 0.9); per-branch scales {[round(a, 3) for a in predictor.alphas]} + {predictor.beta:.2f} ms")
+          f"(goals >= 95% and tau >= 0.9); model {predictor.model}: coefficients {[round(a, 3) for a in predictor.alphas]} "
+          f"+ {predictor.beta:.2f} ms")
+    for model, scores in predictor.candidates.items():  # chosen by leave-one-out on the calibration models only
+        print(f"  candidate {model:13s}: " + ", ".join(f"{key} {value:.3f}" for key, value in scores.items()))
     measured = [m for _, _, m in acc.rows]
     print(f"  held-out configs span {min(measured):.2f}-{max(measured):.2f} ms")
     for name, predicted, measured_ms in acc.rows:

@@ -167,7 +167,7 @@ def _build_predictor(args: argparse.Namespace) -> int:
     predictor.save(out)
     summary = {
         "out": out, "fingerprint_id": predictor.fingerprint["fingerprint_id"], "runtime": predictor.runtime,
-        "alphas": predictor.alphas, "beta_ms": predictor.beta,
+        "model": predictor.model, "alphas": predictor.alphas, "beta_ms": predictor.beta, "candidates": predictor.candidates,
     }
     if predictor.accuracy:
         summary.update(predictor.accuracy.to_dict())

@@ -2,12 +2,17 @@
 
 Within a search space only the blocks change: each branch ``b`` runs ``n_b`` identical HRViT blocks whose
 cost depends on (window_b, ratio_b), while the stem, fusions, patch embeddings, norms and head are fixed.
-So latency ~ beta + sum_b alpha_b * n_b * block_ms[b, window_b, ratio_b]. The block table comes from
+So latency ~ beta + sum_b alpha_b * n_b * block_ms[b, window_b, ratio_b] (model ``branch-scales``). The block table comes from
 timing each block variant in isolation (on inputs captured from a real forward pass); the per-branch
 scales alpha_b and the fixed cost beta are fitted (non-negative, ridge-shrunk towards one common scale,
 the shrinkage chosen by leave-one-out error) on whole models measured on the same device and runtime:
 separately timed blocks sum to only 0.86-0.90x of the whole model, and not by the same factor on every
-branch (the high-resolution branch is memory-bound, the low-resolution ones are not).
+branch (the high-resolution branch is memory-bound, the low-resolution ones are not). The second model,
+``counts``, needs no block table: latency ~ beta + sum_b c_b * n_b + g * GMACs (per-block overhead per
+branch plus compute, from ``analytic_counts``). On the 40 held-out configs of two idle-machine builds at 224
+neither beat the other beyond the measurement noise (85%/tau 0.81 and 85%/0.61 for the block table, 80%/0.76
+and 100%/0.67 for the counts, leave-one-out), so each build picks the one with the lower leave-one-out
+error on its own calibration models and records both candidates' held-out scores.
 
 Calibration and held-out configs are stratified over the space's predicted latency range (the extremes
 included), not drawn at random: random draws cluster in the middle, where ranking them is a test of the
@@ -38,6 +43,7 @@ import torch
 
 from hrvit_nas import UserError, atomic_write_text
 from hrvit_space import ArchConfig, SearchSpace
+from profiling.analytic import analytic_counts
 from profiling.device import resolve_device
 from profiling.fingerprint import device_fingerprint
 from profiling.latency import TimingStrategy, check_threads, default_threads, measure_runs, median_relative_error
@@ -50,6 +56,7 @@ _GROUP = 6  # whole models timed interleaved at once (bounded memory)
 _POOL = 400  # configs sampled to find the space's latency range before stratifying
 _RIDGE = (0.0, 0.01, 0.1, 1.0, 10.0)  # shrinkage candidates, relative to the mean feature energy
 _CEILING_DRAWS = 2000  # simulated re-measurements for the perfect predictor's score
+BRANCH_SCALES, COUNTS = "branch-scales", "counts"
 MIN_CALIBRATION = 3
 
 
@@ -183,6 +190,31 @@ def fit_branch_scales(features: np.ndarray, measured: np.ndarray) -> tuple[list[
     return [float(a) for a in solution[:-1]], float(solution[-1])
 
 
+def fit_counts(features: np.ndarray, measured: np.ndarray) -> tuple[list[float], float]:
+    """Non-negative ``measured ~ features @ c + beta`` (block counts per branch and GMACs: all add time)."""
+    from scipy.optimize import nnls
+
+    solution = nnls(np.column_stack([features, np.ones(len(measured))]), measured)[0]
+    return [float(c) for c in solution[:-1]], float(solution[-1])
+
+
+_FITS = {BRANCH_SCALES: fit_branch_scales, COUNTS: fit_counts}
+
+
+def loo_relative_error(features: np.ndarray, measured: np.ndarray, fit) -> float | None:
+    """Mean relative error of ``fit`` predicting each calibration model from the others; None when too few
+    models are left to fit every coefficient of ``fit_counts`` (the branch scales shrink, so they always fit)."""
+    n = len(measured)
+    if fit is fit_counts and n <= features.shape[1] + 2:
+        return None
+    errors = []
+    for left_out in range(n):
+        keep = np.arange(n) != left_out
+        coefficients, intercept = fit(features[keep], measured[keep])
+        errors.append(abs(features[left_out] @ np.array(coefficients) + intercept - measured[left_out]) / measured[left_out])
+    return float(np.mean(errors))
+
+
 def _stratified(space: SearchSpace, raw_ms, count: int, rng: random.Random) -> list[ArchConfig]:
     """``count`` distinct configs spread evenly over the predicted latency range, extremes included."""
     pool = {c.content_hash(): c for c in [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(_POOL))]}
@@ -212,19 +244,24 @@ class LatencyPredictor:
     block_ms: dict[str, float]
     runtime: str = "eager"
     runtime_version: str | None = None
-    alphas: list[float] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)  # the coefficients of ``model``'s features
     beta: float = 0.0
     accuracy: PredictorAccuracy | None = None
     calibration: list[tuple[str, float]] = field(default_factory=list)
+    model: str = BRANCH_SCALES
+    candidates: dict[str, dict[str, float | None]] = field(default_factory=dict)  # model -> LOO and held-out scores
 
     # ------------------------------------------------------------------------------------- predict
-    def branch_ms(self, config: ArchConfig) -> list[float]:
-        """Uncalibrated sum of the block table over each branch's blocks of ``config``."""
+    def _check_structure(self, config: ArchConfig) -> None:
         if _structure(config, tuple(self.structure["input_size"])) != self.structure:
             raise PredictorMismatch(
                 f"config {config.name or config.content_hash()} differs from the predictor's fixed architecture "
                 "(channels, head, dim_head, branches per module or input size); rebuild the predictor for its space"
             )
+
+    def branch_ms(self, config: ArchConfig) -> list[float]:
+        """Uncalibrated sum of the block table over each branch's blocks of ``config``."""
+        self._check_structure(config)
         sums = []
         for b, count in enumerate(_blocks_per_branch(config)):
             key = _block_key(b, config.window_sizes[b], config.mlp_ratios[b])
@@ -239,10 +276,19 @@ class LatencyPredictor:
     def raw_ms(self, config: ArchConfig) -> float:
         return sum(self.branch_ms(config))
 
+    def features(self, config: ArchConfig, model: str | None = None) -> list[float]:
+        """What ``model`` (default this predictor's) multiplies by its coefficients."""
+        if (model or self.model) == BRANCH_SCALES:
+            return self.branch_ms(config)
+        self._check_structure(config)
+        counts = analytic_counts(config, tuple(self.structure["input_size"]), batch=self.batch)
+        return [*map(float, _blocks_per_branch(config)), counts.macs / 1e9]
+
     def predict(self, config: ArchConfig) -> float:
         """Predicted latency in ms per batch (same batch, dtype, runtime, input size and device as the build)."""
-        alphas = self.alphas or [1.0] * config.num_branches
-        return float(sum(a * ms for a, ms in zip(alphas, self.branch_ms(config))) + self.beta)
+        features = self.features(config)
+        alphas = self.alphas or [1.0] * len(features)
+        return float(sum(a * f for a, f in zip(alphas, features)) + self.beta)
 
     def check(self, *, runtime: str = "eager", dtype: str = "fp32", batch: int = 1, input_size: Sequence[int] | None = None) -> None:
         """Refuse to answer for another runtime, dtype, batch or input size than the one it was built for."""
@@ -329,15 +375,34 @@ class LatencyPredictor:
         measured = {index: by_position[str(position)] for position, index in enumerate(order)}
         predictor.block_ms = timer.normalised(block_ms)
         calibration_ms = [measured[i] for i in range(len(calibrate))]
-        predictor.alphas, predictor.beta = fit_branch_scales(
-            np.array([predictor.branch_ms(c) for c in calibrate]), np.array(calibration_ms)
-        )
         predictor.calibration = [(c.content_hash(), ms) for c, ms in zip(calibrate, calibration_ms)]
+        held_out_ms = [measured[len(calibrate) + i] for i in range(len(held_out))]
+        predictor.choose_model(calibrate, calibration_ms, held_out, held_out_ms)
         if held_out:
-            predictor.accuracy = predictor.evaluate(
-                held_out, [measured[len(calibrate) + i] for i in range(len(held_out))], **timer.noise()
-            )
+            predictor.accuracy = predictor.evaluate(held_out, held_out_ms, **timer.noise())
         return predictor
+
+    def choose_model(
+        self, calibrate: Sequence[ArchConfig], calibration_ms: Sequence[float], held_out: Sequence[ArchConfig] = (),
+        held_out_ms: Sequence[float] = (),
+    ) -> None:
+        """Fit every model on the calibration models and keep the one with the lower leave-one-out error;
+        record each one's scores (the held-out ones are reported, never used to choose)."""
+        measured = np.array(calibration_ms)
+        fitted: dict[str, tuple[list[float], float]] = {}
+        for model, fit in _FITS.items():
+            features = np.array([self.features(c, model) for c in calibrate])
+            loo = loo_relative_error(features, measured, fit)
+            if loo is None:
+                continue
+            self.model, (self.alphas, self.beta) = model, fit(features, measured)
+            fitted[model] = self.alphas, self.beta
+            self.candidates[model] = {"loo_error_pct": 100 * loo}
+            if held_out:
+                scored = self.evaluate(held_out, held_out_ms)
+                self.candidates[model].update(within10_pct=scored.within10_pct, kendall_tau=scored.kendall_tau)
+        self.model = min(fitted, key=lambda m: self.candidates[m]["loo_error_pct"])
+        self.alphas, self.beta = fitted[self.model]
 
     def evaluate(self, configs: Sequence[ArchConfig], measured_ms: Sequence[float], **noise: Any) -> PredictorAccuracy:
         return accuracy_of([self.predict(c) for c in configs], list(measured_ms), [c.content_hash() for c in configs], **noise)
@@ -349,6 +414,7 @@ class LatencyPredictor:
             "structure": self.structure, "batch": self.batch, "dtype": self.dtype, "runtime": self.runtime,
             "runtime_version": self.runtime_version, "block_ms": self.block_ms, "alphas": self.alphas, "beta": self.beta,
             "calibration": [list(c) for c in self.calibration], "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+            "model": self.model, "candidates": self.candidates,
         }
 
     def save(self, path: str | Path) -> None:

@@ -14,7 +14,8 @@ from hrvit_nas.cli import main as run_cli
 from hrvit_nas.errors import UserError
 from hrvit_space.space import SearchSpace
 from profiling import LatencyPredictor, PredictorMismatch, profile
-from profiling.predictor import _stratified, noise_ceiling, paired_ratios
+from profiling import analytic_counts
+from profiling.predictor import BRANCH_SCALES, COUNTS, _block_key, _structure, _stratified, noise_ceiling, paired_ratios
 from test_profiling import TINY as TINY_NAMED
 
 TINY = TINY_NAMED.replace(name=None)  # a space's base carries no name
@@ -76,6 +77,39 @@ def test_paired_ratios_cancel_load_changes_between_rounds():
     assert ratio == pytest.approx(3.0, rel=0.005)
     assert abs(statistics.median(run) / statistics.median(anchor) - 3.0) > 0.1  # ratio of medians: 4% off
     assert len(paired_ratios(run[:4], anchor)) == 4  # a run that left the rounds early pairs with its own rounds
+
+
+def table_predictor() -> LatencyPredictor:
+    """A predictor with a block table in which a ratio-4 MixCFN costs 3x a ratio-2 one (no GMAC count says so)."""
+    table = {_block_key(b, w, r): (1.0 + b) * (3.0 if r == 4 else 1.0) * w
+             for b in range(TINY.num_branches) for w in SPACE.window_choices[b] for r in SPACE.ratio_choices[b]}
+    return LatencyPredictor(device="cpu", fingerprint={}, structure=_structure(TINY, TINY.input_size), batch=1, dtype="fp32",
+                            block_ms=table)
+
+
+@pytest.mark.parametrize("truth", [BRANCH_SCALES, COUNTS])
+def test_build_keeps_the_model_that_predicts_its_calibration_models(truth):
+    configs = [SPACE.sample(seed) for seed in range(16)]
+    made = table_predictor()
+
+    def latency(config) -> float:
+        if truth == BRANCH_SCALES:
+            return 5.0 + 0.9 * made.raw_ms(config)
+        blocks = [sum(module[b] for module in config.depths if b < len(module)) for b in range(TINY.num_branches)]
+        return 10.0 + sum((1.5 + b) * n for b, n in enumerate(blocks)) + 2e3 * analytic_counts(config).macs / 1e9
+
+    calibrate, held_out = configs[:10], configs[10:]
+    made.choose_model(calibrate, [latency(c) for c in calibrate], held_out, [latency(c) for c in held_out])
+    assert made.model == truth and set(made.candidates) == {BRANCH_SCALES, COUNTS}
+    assert made.candidates[truth]["loo_error_pct"] < 0.5 < made.candidates[({BRANCH_SCALES, COUNTS} - {truth}).pop()]["loo_error_pct"]
+    assert [made.predict(c) for c in held_out] == pytest.approx([latency(c) for c in held_out], rel=0.01)
+
+
+def test_counts_model_needs_enough_calibration_models():
+    made = table_predictor()
+    few = [SPACE.sample(seed) for seed in range(4)]
+    made.choose_model(few, [10.0 + made.raw_ms(c) for c in few])
+    assert made.model == BRANCH_SCALES and set(made.candidates) == {BRANCH_SCALES}  # 6 coefficients from 3 models: not tried
 
 
 def test_one_predictor_answers_for_one_runtime_dtype_batch_and_input(predictor):
