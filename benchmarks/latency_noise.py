@@ -28,18 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from hrvit_space.config import HeadConfig, preset
+from benchmarks.profile_stability import TINY, cv_pct
+from hrvit_space.config import preset
 from hrvit_space.model import build_model
 from profiling import STRATEGIES, device_fingerprint, latency_stats, measure_runs, timing_strategy
 
 YARDSTICK = "torch-adaptive"
-TINY = preset("b1").replace(channels=(16, 32, 48, 64), input_size=(64, 64), window_sizes=(1, 1, 2, 2), dim_head=8,
-                            mlp_ratios=(2, 2, 2, 2), depths=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1)),
-                            head=HeadConfig(width=16, num_classes=4))
-
-
-def cv_pct(values: list[float]) -> float:
-    return 100 * statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else float("nan")
 
 
 def fresh_model(side: int, smoke: bool):

@@ -12,10 +12,12 @@ from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.layers import Conv1x1, MixCFN, TokenLinear
 from hrvit_space.model import Block, Branch, HRViT
 from hrvit_space.supernet import ElasticAttention, ElasticBlock, ElasticBranch, ElasticMixCFN, HRViTSupernet
-from tests.test_model import one_thread, randomise  # noqa: F401  (autouse fixture)
+from tests.test_model import randomise
 from tests.test_supernet import tiny_space
 
 DIM, HIDDEN = 16, 48
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokens(batch: int = 2, height: int = 7, width: int = 9, dim: int = DIM, seed: int = 0) -> torch.Tensor:

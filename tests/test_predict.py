@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hrvit_space.model import HRViT
-from tests.test_training import run_cli, single_thread, tiny_config, tiny_recipe  # noqa: F401 - fixture
+from tests.test_training import run_cli, tiny_config, tiny_recipe
 from training import train
 from training.data.transforms import normalize
 from training.inference import predict_sliding
 from training.predict import palette
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -63,13 +63,7 @@ def private_cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HRVIT_NAS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hrvit-cache"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy shared host makes multi-thread barriers crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------- FLOPs

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from hrvit_nas.errors import UserError
 from hrvit_space.model import HRViT, hrvit_b1
 from hrvit_space.reference import load_reference_state_dict, to_reference_state_dict
-from tests.test_model import one_thread, randomise, tiny  # noqa: F401  (autouse fixture)
+from tests.test_model import randomise, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ReferenceForward:

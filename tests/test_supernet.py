@@ -10,7 +10,9 @@ from hrvit_space.config import ConfigError, HeadConfig, preset
 from hrvit_space.model import HRViT
 from hrvit_space.space import SearchSpace
 from hrvit_space.supernet import HRViTSupernet
-from tests.test_model import one_thread, randomise  # noqa: F401  (autouse fixture)
+from tests.test_model import randomise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_space() -> SearchSpace:

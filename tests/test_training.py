@@ -19,16 +19,7 @@ from training.optim import lr_factor, param_groups, segmentation_loss
 from training.trainer import enable_grad_checkpointing, load_init_weights
 
 
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on 2 shared cores, more threads only contend (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(argv: list[str]) -> int:

@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import Dataset
 
 from hrvit_space.config import ArchConfig
-from tests.test_training import run_cli, single_thread, tiny_config, tiny_recipe, train_set_for  # noqa: F401 - fixture
+from tests.test_training import run_cli, tiny_config, tiny_recipe, train_set_for
 from training import TrainingInterrupted, TrainRecipe, train
 from training.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = {"device": "cpu", "log": lambda _: None}
 
 

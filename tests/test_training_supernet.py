@@ -13,14 +13,14 @@ from hrvit_nas.errors import UserError
 from hrvit_space.config import ConfigError
 from hrvit_space.space import SearchSpace
 from search.estimators import make_estimator
-from test_training import SPEC, run_cli, single_thread, tiny_config  # noqa: F401 (fixture)
+from test_training import SPEC, run_cli, tiny_config
 from training.estimators import ShortTrainEstimator, SupernetEstimator
 from training.recipe import TrainRecipe
 from training.accuracy_predictor import fit_from_supernet
 from training.rank_check import correlations, rank_check, top_overlap
 from training.supernet_train import distillation_loss, load_supernet, sandwich_members, train_supernet
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_SPACE = {
     "base": {"channels": [16, 32], "dim_head": 8, "input_size": [32, 32], "drop_path_rate": 0.0,
