@@ -8,17 +8,18 @@ so a resumed or added worker continues the search instead of replaying its first
 from __future__ import annotations
 
 import functools
-import json
 import random
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig, SearchSpace
+from search.parameters import is_fixed, params_key, space_distributions
+from search.screening import CheapFirstSampler
 
 DEFAULT_SAMPLER = "cheap-first"
 SAMPLERS = ("cheap-first", "tpe", "nsga2", "gp", "random")
@@ -31,23 +32,6 @@ def derive_seed(seed: int | None, trials_in_study: int, worker: int = 0) -> int 
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, trials_in_study, worker]).generate_state(1)[0])
-
-
-def params_key(params: Mapping[str, Any]) -> str:
-    return json.dumps(dict(params), sort_keys=True)
-
-
-def knob_distribution(choices: tuple) -> BaseDistribution:
-    """Evenly spaced integer choices (depths 1..3, ratios 2/4) are ordinal: stepped integers whose order a
-    sampler can exploit; other choice sets are categorical."""
-    steps = {b - a for a, b in zip(choices, choices[1:])}
-    if len(choices) > 1 and all(isinstance(c, int) and not isinstance(c, bool) for c in choices) and len(steps) == 1:
-        return IntDistribution(choices[0], choices[-1], step=steps.pop())
-    return CategoricalDistribution(choices)
-
-
-def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
-    return {knob.name: knob_distribution(knob.choices) for knob in space.knobs()}
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -80,11 +64,6 @@ def cheap_function(batch: int = 1, latency_predictor=None) -> Callable[[ArchConf
 def seen_keys(study: optuna.Study, current: optuna.trial.FrozenTrial | None = None) -> set[str]:
     """Parameter sets of every other trial in the study, whatever its state (running ones included)."""
     return {params_key(t.params) for t in study.get_trials(deepcopy=False) if current is None or t.number != current.number}
-
-
-def is_fixed(trial: optuna.trial.FrozenTrial) -> bool:
-    """An enqueued trial (baseline, retried trial of a dead worker) has its parameters already."""
-    return "fixed_params" in trial.system_attrs
 
 
 class DistinctSampler(optuna.samplers.BaseSampler):
@@ -144,8 +123,6 @@ def make_sampler(
     and ``budgets`` (budget name -> limit); ``latency_predictor`` (a ``profiling.LatencyPredictor``) makes
     latency cheap to screen."""
     if name == "cheap-first":
-        from search.screening import CheapFirstSampler
-
         return CheapFirstSampler(space, objectives, budgets or {}, cheap=cheap_function(batch, latency_predictor), seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from hrvit_space import ArchConfig, SearchSpace
 from search.objectives import BUDGETS
-from search.samplers import is_fixed, params_key, space_distributions
+from search.parameters import is_fixed, params_key, space_distributions
 
 ENUMERATE_LIMIT = 20_000  # spaces up to this size are screened whole
 POOL_SIZE = 2048  # random members screened in larger spaces
