@@ -88,7 +88,7 @@ def table_predictor() -> LatencyPredictor:
 
 
 @pytest.mark.parametrize("truth", [BRANCH_SCALES, COUNTS])
-def test_build_keeps_the_model_that_predicts_its_calibration_models(truth):
+def test_build_keeps_the_model_that_predicts_its_calibration_models(truth, tmp_path):
     configs = [SPACE.sample(seed) for seed in range(16)]
     made = table_predictor()
 
@@ -103,6 +103,9 @@ def test_build_keeps_the_model_that_predicts_its_calibration_models(truth):
     assert made.model == truth and set(made.candidates) == {BRANCH_SCALES, COUNTS}
     assert made.candidates[truth]["loo_error_pct"] < 0.5 < made.candidates[({BRANCH_SCALES, COUNTS} - {truth}).pop()]["loo_error_pct"]
     assert [made.predict(c) for c in held_out] == pytest.approx([latency(c) for c in held_out], rel=0.01)
+    made.save(tmp_path / "p.json")  # the file answers with the chosen model
+    loaded = LatencyPredictor.load(tmp_path / "p.json", check_device=False)
+    assert loaded.model == truth and [loaded.predict(c) for c in held_out] == [made.predict(c) for c in held_out]
 
 
 def test_counts_model_needs_enough_calibration_models():
