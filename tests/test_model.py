@@ -13,7 +13,7 @@ from hrvit_space.attention import CrossShapedAttention, strip_attention
 from hrvit_space.batchnorm import fold_batchnorm, recalibrate_bn
 from hrvit_space.config import ArchConfig, HeadConfig, preset
 from hrvit_space.heads import MergedSegFormerHead
-from hrvit_space.layers import gelu_nchw
+from hrvit_space.layers import DES, gelu_nchw
 from hrvit_space.model import (
     COMPONENTS,
     HRViT,
@@ -218,6 +218,21 @@ def test_segformer_head_fuses_per_branch_with_the_concat_heads_outputs_gradients
     torch.testing.assert_close(head.fuse.bn.running_mean, twin.fuse.bn.running_mean)
     graph = torch.jit.trace(head.eval(), (features,)).inlined_graph  # fvcore and ONNX see the architecture's ops
     assert "aten::cat" in str(graph)
+
+
+@pytest.mark.parametrize("dim", [32, 96, 128])  # p = 8, 8 (Kronecker linears) and 16 (tiny mixings)
+def test_des_equals_its_two_tiny_mixings_with_gradients_and_traces_them(dim):
+    des = randomise(DES(dim))
+    x = torch.randn(2, 5, 6, dim, requires_grad=True)
+    y = torch.nn.functional.gelu(x.view(2, 5, 6, des.k, des.p) @ des.right.weight.T + des.right.bias)
+    expected = (des.left.weight @ y + des.left.bias[:, None]).reshape(2, 5, 6, dim)
+    got = des(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    wrt = [x, des.right.weight, des.left.weight, des.left.bias]
+    for g, e in zip(torch.autograd.grad(got.sum(), wrt), torch.autograd.grad(expected.sum(), wrt)):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    graph = str(torch.jit.trace(des.eval(), x.detach()).inlined_graph)  # fvcore counts the architecture's MACs
+    assert "aten::kron" not in graph and "aten::matmul" in graph
 
 
 def test_gelu_on_channels_last_maps_keeps_layout_and_values():
