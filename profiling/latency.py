@@ -1,8 +1,8 @@
 """Latency measurement that survives a noisy machine and says when it could not.
 
 Measured on a shared 2-core host: one timing trial varies 4-13% between trials, the median of 10-45
-trials gets near 2%, and a model's first calls are 1.5-1.8x steady state (a run that started too early
-read 118 ms against 90-98 ms for the next four). So: warm up, time several trials (each repeats the call
+trials gets near 2%, and a model's first calls are 1.5-1.8x steady state (the first of five b1@224
+measurements read 118 ms, the next four 90-98 ms). So: warm up, time several trials (each repeats the call
 until it lasts ``trial_s``), report the median with its spread (and a 20% trimmed mean), interleave
 candidates that are compared, keep Python's garbage collector out of the timed rounds, and flag a median
 whose estimated relative error exceeds 2% as unstable. How long to warm up and how long a trial lasts is
