@@ -157,7 +157,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, help="benchmark members (default 12)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per job)")
-    parser.add_argument("--jobs", type=int, default=1, help="standalone members trained at once, in separate processes")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes training the standalone members "
+                        "(alongside the main process, which trains and scores the estimators meanwhile)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -193,61 +194,59 @@ def main() -> None:
     log(f"{len(members)} members, {proxies['flops'].estimate(members[0]):.3f}-{proxies['flops'].estimate(members[-1]):.3f} GFLOPs; {settings}")
     rows = [{"member": m.name, "config_hash": m.replace(name=None).content_hash()} for m in members]
 
-    phase = time.perf_counter()
+    submitted = time.perf_counter()
     interval = max(1, settings.standalone_iterations // settings.evaluations)
     recipe = TrainRecipe.for_spec(spec, iterations=settings.standalone_iterations, eval_interval=interval, checkpoint_interval=0,
                                   crop_size=size)
-    weights = {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        # the standalone members train in worker processes while this one trains and scores the estimators
         runs = [pool.submit(standalone, member, recipe, out / "standalone", args.device) for member in members]
+        checkpoints: dict[str, Path] = {}
+        supernet_scorers: dict[str, SupernetEstimator] = {}
+        for name in variants:
+            factor, warm, batches, distill, reused = VARIANTS[name]
+            phase = time.perf_counter()
+            if reused is None:
+                super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0,
+                                                    crop_size=size)
+                checkpoints[name] = train_supernet(space, super_recipe, out / "supernet" / name, device=args.device, distill=distill,
+                                                   random_members=settings.random_members, init=runs[-1].result()["weights"] if warm else None,
+                                                   log=lambda line: log(f"supernet {name}: {line}"))
+            scorer = SupernetEstimator(checkpoint=str(checkpoints[reused or name]), batches=batches or settings.bn_batches,
+                                       val_samples=settings.val_samples, device=args.device)
+            supernet_scorers[name] = scorer
+            column = f"supernet:{name}"
+            for row, member in zip(rows, members):
+                row[column] = scorer.estimate(member)
+            timings[f"supernet {name}"] = time.perf_counter() - phase
+            log(f"supernet {name}: scored {len(members)} members in {timings[f'supernet {name}'] / 60:.1f} min")
+
+        phase = time.perf_counter()
+        short = ShortTrainEstimator(data=spec, iterations=settings.short_iterations, eval_points=1, val_samples=settings.val_samples,
+                                    crop=args.crop, device=args.device)
+        for row, member in zip(rows, members):
+            row["short-train"] = short.estimate(member)
+            for name, proxy in proxies.items():
+                row[name] = proxy.estimate(member)
+        timings["short-train and proxies"] = time.perf_counter() - phase
+
+        phase = time.perf_counter()
+        scorer = supernet_scorers[variants[0]]
+        taken = {row["config_hash"] for row in rows}
+        candidates = distinct_members(space, settings.predictor_samples + len(members), seed=1)
+        samples = [c for c in candidates if c.replace(name=None).content_hash() not in taken][: settings.predictor_samples]
+        predictor = fit_predictor(space, samples, [scorer.estimate(c) for c in samples], seed=0,
+                                  target={"metric_name": scorer.metric_name, "unit": scorer.unit})
+        predictor.save(out / "predictor.json")
+        for row, value in zip(rows, predictor.predict(members)):
+            row["predictor"] = value
+        timings["predictor"] = time.perf_counter() - phase
         for row, member, run in zip(rows, members, runs):
             result = run.result()
-            weights[member.name] = result.pop("weights")
             row.update({REFERENCE: result["plateau"], "last_quarter_gain": result["last_quarter_gain"], "curve": json.dumps(result["curve"])})
             log(f"standalone {member.name}: plateau mIoU {result['plateau']:.4f} (last-quarter gain {result['last_quarter_gain']:+.4f})")
-    timings["standalone"] = time.perf_counter() - phase
-
-    checkpoints: dict[str, Path] = {}
-    supernet_scorers: dict[str, SupernetEstimator] = {}
-    for name in variants:
-        factor, warm, batches, distill, reused = VARIANTS[name]
-        phase = time.perf_counter()
-        if reused is None:
-            super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0,
-                                                crop_size=size)
-            checkpoints[name] = train_supernet(space, super_recipe, out / "supernet" / name, device=args.device, distill=distill,
-                                               random_members=settings.random_members, init=weights[members[-1].name] if warm else None,
-                                               log=lambda line: log(f"supernet {name}: {line}"))
-        scorer = SupernetEstimator(checkpoint=str(checkpoints[reused or name]), batches=batches or settings.bn_batches,
-                                   val_samples=settings.val_samples, device=args.device)
-        supernet_scorers[name] = scorer
-        column = f"supernet:{name}"
-        for row, member in zip(rows, members):
-            row[column] = scorer.estimate(member)
-        timings[f"supernet {name}"] = time.perf_counter() - phase
-        log(f"supernet {name}: scored {len(members)} members in {timings[f'supernet {name}'] / 60:.1f} min")
-
-    phase = time.perf_counter()
-    short = ShortTrainEstimator(data=spec, iterations=settings.short_iterations, eval_points=1, val_samples=settings.val_samples,
-                                crop=args.crop, device=args.device)
-    for row, member in zip(rows, members):
-        row["short-train"] = short.estimate(member)
-        for name, proxy in proxies.items():
-            row[name] = proxy.estimate(member)
-    timings["short-train and proxies"] = time.perf_counter() - phase
-
-    phase = time.perf_counter()
-    scorer = supernet_scorers[variants[0]]
-    taken = {row["config_hash"] for row in rows}
-    pool = [c for c in distinct_members(space, settings.predictor_samples + len(members), seed=1) if c.replace(name=None).content_hash() not in taken]
-    samples = pool[: settings.predictor_samples]
-    predictor = fit_predictor(space, samples, [scorer.estimate(c) for c in samples], seed=0,
-                              target={"metric_name": scorer.metric_name, "unit": scorer.unit})
-    predictor.save(out / "predictor.json")
-    for row, value in zip(rows, predictor.predict(members)):
-        row["predictor"] = value
-    timings["predictor"] = time.perf_counter() - phase
+    timings["standalone (overlaps the others)"] = time.perf_counter() - submitted
 
     scores = pd.DataFrame(rows)
     estimators = [f"supernet:{name}" for name in variants] + ["predictor", "short-train", "zero-cost", "params", "flops"]
