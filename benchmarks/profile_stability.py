@@ -112,7 +112,7 @@ def predictor_accuracy(args: argparse.Namespace) -> None:
     else:
         space = SearchSpace.default().with_input_size((args.predictor_input, args.predictor_input))
     start = time.perf_counter()
-    quick = {"warmup_s": args.timing.warmup_s, "trials": args.timing.trials} if args.smoke else {}
+    quick = {"warmup_s": args.timing.warmup_s, "trials": args.timing.trials} if args.smoke else {"trials": args.predictor_trials}
     predictor = LatencyPredictor.build(space, args.device, calibration=args.calibration, holdout=args.holdout, seed=args.seed,
                                        threads=args.threads, strategy=args.timing, progress=sys.stderr.isatty(), **quick)
     acc = predictor.accuracy
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--predictor-input", type=int, default=224)
     parser.add_argument("--calibration", type=int, default=12)
     parser.add_argument("--holdout", type=int, default=20)
+    parser.add_argument("--predictor-trials", type=int, default=10, help="timed rounds per predictor measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny model and space, few trials: proves the script runs")
     parser.add_argument("--skip-stability", action="store_true")

@@ -19,7 +19,8 @@ PREDICT = "predict"
 DEFAULT_PREDICTOR = "latency-predictor.json"
 DEFAULT_CALIBRATION = 12
 DEFAULT_HOLDOUT = 20
-_PREDICTOR_ONLY = ("space", "out", "calibration", "holdout", "seed")
+DEFAULT_TRIALS = 10
+_PREDICTOR_ONLY = ("space", "out", "calibration", "holdout", "trials", "seed")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--calibration", type=int, default=None,
                        help=f"whole models measured to calibrate, >= 3 (default {DEFAULT_CALIBRATION})")
     build.add_argument("--holdout", type=int, default=None, help=f"held-out models measured for the error report (default {DEFAULT_HOLDOUT})")
+    build.add_argument("--trials", type=int, default=None,
+                       help=f"timed rounds per measurement, >= 2: more lower the noise floor, the build takes longer (default {DEFAULT_TRIALS})")
     build.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
     p.add_argument("--predictor", default=None, metavar="PATH", help=f"with predict: the predictor file (default {DEFAULT_PREDICTOR})")
     p.set_defaults(func=handle_profile)
@@ -162,6 +165,7 @@ def _build_predictor(args: argparse.Namespace) -> int:
         space, args.device, batch=args.batch, dtype=args.dtype, runtime=args.runtime,
         calibration=DEFAULT_CALIBRATION if args.calibration is None else args.calibration,
         holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout, seed=args.seed or 0, threads=args.threads,
+        trials=DEFAULT_TRIALS if args.trials is None else args.trials,
         max_seconds=args.max_seconds, progress=args.progress,
     )
     predictor.save(out)

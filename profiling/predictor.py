@@ -335,10 +335,13 @@ class LatencyPredictor:
         resolved = resolve_device(device)
         check_runtime(runtime, resolved, dtype)
         threads = default_threads() if threads is None else check_threads(threads)
+        counts = [("trials", trials, 2, "timed rounds per measurement")]
         if isinstance(space_or_configs, SearchSpace):
-            for name, value, least in (("calibration", calibration, MIN_CALIBRATION), ("holdout", holdout, 0)):
-                if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                    raise UserError(f"{name} {value!r} is invalid; give an integer >= {least} (whole models measured)")
+            counts += [("calibration", calibration, MIN_CALIBRATION, "whole models measured"), ("holdout", holdout, 0, "whole models measured")]
+        for name, value, least, meaning in counts:
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise UserError(f"{name} {value!r} is invalid; give an integer >= {least} ({meaning})")
+        if isinstance(space_or_configs, SearchSpace):
             space = space_or_configs
             base = space.base
             windows, ratios = space.window_choices, space.ratio_choices

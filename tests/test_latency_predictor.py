@@ -147,6 +147,7 @@ def test_profile_predict_answers_from_the_predictor_file_without_timing(predicto
     (["--calibration", "0"], "calibration 0 is invalid"),
     (["--calibration", "2"], "calibration 2 is invalid"),
     (["--holdout", "-1"], "holdout -1 is invalid"),
+    (["--trials", "1"], "trials 1 is invalid; give an integer >= 2 (timed rounds per measurement)"),
 ])
 def test_build_predictor_bad_counts_are_clean_errors(extra, message, tmp_path, capsys):
     space_file = tmp_path / "space.yaml"
