@@ -13,6 +13,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "search.records": ("load_trials", "open_study", "pareto_trials", "study_settings", "trial_config", "trials_frame"),
     "search.samplers": ("SAMPLERS",),
     "search.storage": ("DEFAULT_RUN_ROOT", "default_storage_url", "normalize_url", "open_storage", "redact"),
-    "search.study": ("SearchSettings",),
+    "search.study": ("SearchSettings", "load_or_create_study"),
     "search.workers": ("run_search",),
 })

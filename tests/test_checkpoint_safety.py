@@ -9,9 +9,9 @@ import pickle
 import pytest
 import torch
 
+from conftest import run_cli, two_branch_space
 from hrvit_space.model import HRViT
 from hrvit_space.reference import to_reference_state_dict
-from tests.test_reports import make_study, run_cli, two_branch_space
 from tests.test_training import tiny_config, tiny_recipe
 from training.checkpoint import CheckpointError, load_checkpoint, load_foreign_checkpoint
 from training.trainer import load_init_weights
@@ -39,10 +39,8 @@ def write_payload(path, marker, legacy: bool = False) -> None:
 
 
 @pytest.fixture(scope="module")
-def study_url(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('study') / 'small.db'}"
-    make_study(url, name="small", budgets={}, trials=3, space=two_branch_space())
-    return url
+def study_url(new_study_url):
+    return new_study_url(name="small", budgets={}, trials=3, space=two_branch_space())
 
 
 def _bundle_with(tmp_path, weights_writer):

@@ -7,36 +7,20 @@ import json
 import pytest
 import torch
 
+from conftest import LATENCY_BUDGET_MS, make_study, run_cli, two_branch_space
 from search.records import open_study, pareto_trials, trial_config
-from tests.test_reports import (
-    LATENCY_BUDGET_MS,
-    make_study,
-    run_cli,
-    two_branch_space,
-)
 from training.bundle import load_bundle
 
 
 @pytest.fixture(scope="module")
-def study_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('study') / 'study.db'}"
-    make_study(url)
-    return url
+def study_url(new_study_url) -> str:
+    return new_study_url()
 
 
 @pytest.fixture(scope="module")
-def small_url(tmp_path_factory) -> str:
+def small_url(new_study_url) -> str:
     """A study over the two-branch space: its models build, train and export in seconds."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('small') / 'small.db'}"
-    make_study(url, name="small", budgets={}, trials=6, space=two_branch_space())
-    return url
-
-
-@pytest.fixture(scope="module")
-def data(study_url):
-    from reports.study_data import load_study_data
-
-    return load_study_data("tiny", study_url)
+    return new_study_url(name="small", budgets={}, trials=6, space=two_branch_space())
 
 
 def export(study_url, *args) -> int:

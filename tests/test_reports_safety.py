@@ -7,15 +7,13 @@ import stat
 
 import pytest
 
-from tests.test_reports import make_study, run_cli
+from conftest import run_cli
 from tests.test_search_storage import new_postgres_database, postgres_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
-def study_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('study') / 'study.db'}"
-    make_study(url, trials=6)
-    return url
+def study_url(new_study_url) -> str:
+    return new_study_url(trials=6)
 
 
 def export(study_url: str, *args: str) -> int:
