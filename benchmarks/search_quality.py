@@ -43,7 +43,7 @@ from hrvit_space import SearchSpace  # noqa: E402
 from search.hypervolume import hypervolume, reference_point  # noqa: E402
 from search.objectives import BUDGETS, OBJECTIVES  # noqa: E402
 from search.samplers import cheap_measurements, make_sampler, params_key  # noqa: E402
-from search.study import suggest_config  # noqa: E402
+from search.proposal import suggest_config  # noqa: E402
 
 CHECKPOINTS = (25, 50, 100, 200)
 SAMPLERS = ("cheap-first", "tpe", "nsga2", "random")
@@ -120,22 +120,44 @@ def fractions(study, objectives, reference, exact: float, budgets, checkpoints) 
     return out
 
 
-def overhead_per_trial(trials: int) -> float:
-    """Seconds per trial of ``run_search`` itself: default sampler, default SQLite storage, free objectives."""
-    from search.study import SearchSettings
-    from search.workers import run_search
+def overhead_per_trial(trials: int) -> tuple[float, float, float, str]:
+    """Seconds, SQL statements and commits per trial of ``run_search`` itself (default sampler, default
+    SQLite storage, free objectives, progress bar on as in the CLI), and the sampler's name. The counts
+    are deterministic, so they compare runs on a loaded machine where the seconds do not."""
+    import contextlib
+    import io
+
+    import sqlalchemy
+
+    from search import SearchSettings, run_search
 
     space = SearchSpace.default().with_input_size((224, 224))
     settings = SearchSettings(space=space, objectives=("params", "flops"), device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        run_search(settings, "overhead", None, trials, run_dir=tmp)
-        return (time.perf_counter() - start) / trials
+    counts = {"statements": 0, "commits": 0}
+
+    def statement(*_args):
+        counts["statements"] += 1
+
+    def commit(_connection):
+        counts["commits"] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", statement)
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", commit)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            start = time.perf_counter()
+            run_search(settings, "overhead", None, trials, run_dir=tmp, progress=True)
+            seconds = time.perf_counter() - start
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", statement)
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "commit", commit)
+    return seconds / trials, counts["statements"] / trials, counts["commits"] / trials, settings.sampler
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (tune on others than 0-9)")
     parser.add_argument("--trials", type=int, default=max(CHECKPOINTS))
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
@@ -164,19 +186,20 @@ def main() -> None:
         for sampler in samplers:
             start = time.perf_counter()
             runs = [fractions(run_sampler(table, space, objectives, budgets, sampler, seed, args.trials),
-                              objectives, reference, exact, budgets, checkpoints) for seed in range(args.seeds)]
+                              objectives, reference, exact, budgets, checkpoints) for seed in range(args.first_seed, args.first_seed + args.seeds)]
             columns = list(zip(*runs))
             rows.append((setting, sampler, columns))
             print(f"  {sampler}: {args.seeds} seeds in {time.perf_counter() - start:.0f} s", flush=True)
 
-    print(f"\nhypervolume / exhaustive hypervolume, median (worst) over {args.seeds} seeds")
+    print(f"\nhypervolume / exhaustive hypervolume, median (worst) over seeds {args.first_seed}-{args.first_seed + args.seeds - 1}")
     print(f"{'setting':<18}{'sampler':<13}" + "".join(f"{c:>9d} trials " for c in checkpoints))
     for setting, sampler, columns in rows:
         cells = "".join(f"{statistics.median(col):>9.3f} ({min(col):.3f})" for col in columns)
         print(f"{setting:<18}{sampler:<13}{cells}")
     if args.overhead_trials:
-        seconds = overhead_per_trial(args.overhead_trials)
-        print(f"\nsearch overhead: {1000 * seconds:.1f} ms per trial (cheap-first, SQLite, {args.overhead_trials} trials, free objectives)")
+        seconds, statements, commits, sampler = overhead_per_trial(args.overhead_trials)
+        print(f"\nsearch overhead: {1000 * seconds:.1f} ms per trial ({statements:.0f} SQL statements, {commits:.0f} commits; "
+              f"{sampler}, SQLite, {args.overhead_trials} trials, free objectives, progress bar on)")
 
 
 if __name__ == "__main__":

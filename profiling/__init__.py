@@ -14,10 +14,11 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "profiling.energy": ("EnergyMonitor", "EnergyUnavailable", "measure_energy", "open_backend"),
     "profiling.fingerprint": ("device_fingerprint", "fingerprint_id"),
     "profiling.interference": ("CONTENDED_RATIO", "ReferenceBaseline"),
+    "profiling.measurements": ("QUANTITIES", "QUANTITY", "Measurements", "Quantity"),
     "profiling.latency": ("STRATEGIES", "THREADS_ENV", "TimingStrategy", "default_threads", "latency_stats",
                           "measure_latency", "measure_runs", "set_default_threads", "timing_strategy"),
     "profiling.predictor": ("LatencyPredictor", "PredictorAccuracy", "PredictorMismatch"),
-    "profiling.profiler": ("profile",),
+    "profiling.profiler": ("ProfileRequest", "profile"),
     "profiling.result": ("EnergyResult", "LatencyStats", "ProfileResult"),
     "profiling.runtimes": ("RUNTIMES", "PreparedRun", "check_runtime", "prepare"),
 })

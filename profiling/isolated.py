@@ -5,19 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
 from hrvit_nas import atomic_write_text
-from hrvit_space import ArchConfig
-from profiling.profiler import _profile_here
+from profiling.profiler import ProfileRequest, _profile_here
 
 
 def main() -> None:
-    request = json.loads(sys.stdin.read())
-    request["config"] = ArchConfig.from_dict(request["config"])
-    request["device"] = torch.device(request["device"])
-    request["input_size"] = tuple(request["input_size"])
-    result = _profile_here(**request)
+    result = _profile_here(ProfileRequest.from_dict(json.loads(sys.stdin.read())))
     atomic_write_text(sys.argv[1], json.dumps(result.to_dict()))
 
 

@@ -1,6 +1,7 @@
-"""``profile(config)``: parameters, compute, latency, memory and energy of one architecture, cached.
+"""``profile(request)``: parameters, compute, latency, memory and energy of one architecture, cached.
 
-Compute is counted on CPU in fp32 (it does not depend on the device); timing, memory and energy run on
+A ``ProfileRequest`` says what to measure (config, input, batch, runtime, dtype, threads, time window,
+how to count); the result is a ``ProfileResult``. Compute is counted on CPU in fp32 (it does not depend on the device); timing, memory and energy run on
 the requested device and runtime (``profiling.runtimes``) with the requested options. ``isolate=True``
 runs the whole measurement in a fresh Python process, so an out-of-memory error or a crash becomes
 ``result.error`` instead of ending a search. A latency measured while other processes loaded the CPU
@@ -15,13 +16,15 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig
+from profiling.analytic import analytic_counts
 from profiling.cache import ProfileCache, cache_key
 from profiling.choices import DEFAULT_MAX_SECONDS
 from profiling.counting import count_flops, count_params
@@ -45,12 +48,72 @@ ESTIMATE_MEMORY_ABOVE_PIXELS = 2048 * 2048
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _checked_input_size(config: ArchConfig, input_size: Any) -> tuple[int, int]:
-    size = tuple(config.input_size if input_size is None else input_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise UserError(f"input size {input_size!r} is malformed; give HEIGHTxWIDTH with positive integers, e.g. 512x512")
-    config.replace(input_size=size)  # raises ConfigError when a window does not fit the feature maps at this size
-    return size  # type: ignore[return-value]
+COUNTS = ("traced", "analytic")
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What to measure for one architecture; the profiler's cache key is made of these fields.
+
+    ``counts``: "traced" runs fvcore over one forward pass (totals plus the per-operator breakdown and
+    elementwise ops); "analytic" takes the exact totals and breakdowns from the config
+    (``profiling.analytic_counts``, no forward pass), which is all a search needs.
+    ``runtime``: eager, compile, cuda-graphs, onnxruntime, onnxruntime-trt or tensorrt (``profiling.runtimes``).
+    ``threads``: CPU intra-op threads (None: ``latency.default_threads()``, the cores this process may use).
+    ``max_seconds`` bounds the latency measurement (at least 2 trials run).
+    """
+
+    config: ArchConfig
+    device: str | torch.device = "auto"
+    input_size: tuple[int, int] | None = None  # None: the config's
+    batch: int = 1
+    dtype: str = "fp32"
+    runtime: str = "eager"
+    measure_latency: bool = True
+    energy: bool = False
+    channels_last: bool = False
+    threads: int | None = None
+    max_seconds: float | None = DEFAULT_MAX_SECONDS
+    counts: str = "traced"
+
+    def checked(self) -> "ProfileRequest":
+        """The request with device, input size and threads resolved; bad values raise UserError."""
+        resolved = resolve_device(self.device)
+        check_dtype(self.dtype, resolved)
+        size = tuple(self.config.input_size if self.input_size is None else self.input_size)
+        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+            raise UserError(f"input size {self.input_size!r} is malformed; give HEIGHTxWIDTH with positive integers, e.g. 512x512")
+        self.config.replace(input_size=size)  # raises ConfigError when a window does not fit the feature maps at this size
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
+            raise UserError(f"batch {self.batch!r} is invalid; give a positive integer")
+        threads = default_threads() if self.threads is None else check_threads(self.threads)
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise UserError(f"max_seconds {self.max_seconds!r} is invalid; give a positive number of seconds")
+        if self.counts not in COUNTS:
+            raise UserError(f"counts {self.counts!r}: choose from {', '.join(COUNTS)}")
+        check_runtime(self.runtime, resolved, self.dtype)
+        return dataclasses.replace(self, device=resolved, input_size=size, threads=threads)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The measurement options a result records (and its cache key holds)."""
+        options = {
+            "latency": self.measure_latency, "energy": self.energy, "channels_last": self.channels_last, "runtime": self.runtime,
+            "runtime_version": runtime_version(self.runtime),
+        }
+        if self.counts != "traced":  # traced results keep the cache keys they had before counts were selectable
+            options["counts"] = self.counts
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for the isolated subprocess."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**data, "config": self.config.to_dict(), "device": str(self.device), "input_size": list(self.input_size or ())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProfileRequest":
+        return cls(**{**data, "config": ArchConfig.from_dict(data["config"]), "device": torch.device(data["device"]),
+                      "input_size": tuple(data["input_size"])})
 
 
 def _open_cache(cache: ProfileCache | str | os.PathLike | None) -> ProfileCache | None:
@@ -60,56 +123,40 @@ def _open_cache(cache: ProfileCache | str | os.PathLike | None) -> ProfileCache 
 
 
 def profile(
-    config: ArchConfig,
+    request: ProfileRequest | ArchConfig,
     *,
-    device: str | torch.device = "auto",
-    input_size: tuple[int, int] | None = None,
-    batch: int = 1,
-    dtype: str = "fp32",
-    runtime: str = "eager",
-    energy: bool = False,
-    measure_latency: bool = True,
-    channels_last: bool = False,
-    threads: int | None = None,
-    max_seconds: float | None = DEFAULT_MAX_SECONDS,
     cache: ProfileCache | str | os.PathLike | None = DEFAULT_CACHE,
     isolate: bool = False,
     timeout_s: float | None = None,
     progress: bool = False,
+    model: Callable[[], torch.nn.Module] | None = None,
+    **fields: Any,
 ) -> ProfileResult:
-    """Profile ``config`` (cached: a repeated call answers from the cache without building the model).
+    """Profile what ``request`` asks (cached: a repeated call answers from the cache without building the model).
 
+    ``profile(config, device=..., ...)`` is short for ``profile(ProfileRequest(config, device=..., ...))``.
     ``cache``: a ProfileCache, a path, ``"default"`` (``default_cache_path()``) or None for no cache.
-    ``runtime``: eager, compile, cuda-graphs, onnxruntime, onnxruntime-trt or tensorrt (``profiling.runtimes``).
-    ``threads``: CPU intra-op threads (default ``latency.default_threads()``: the cores this process may use).
-    ``max_seconds`` bounds the latency measurement (at least 2 trials run); ``timeout_s`` the isolated subprocess.
-    ``progress``: show a progress line with ETA on stderr.
+    ``isolate`` runs the measurement in a fresh Python process (``timeout_s`` bounds it); ``progress``
+    shows a progress line with ETA on stderr. ``model`` builds the model to time when the caller has
+    one already (the search shares one model per trial with its accuracy estimator); it must be
+    ``request.config`` at the request's input size.
     """
-    resolved = resolve_device(device)
-    check_dtype(dtype, resolved)
-    size = _checked_input_size(config, input_size)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise UserError(f"batch {batch!r} is invalid; give a positive integer")
-    threads = default_threads() if threads is None else check_threads(threads)
-    if max_seconds is not None and not max_seconds > 0:
-        raise UserError(f"max_seconds {max_seconds!r} is invalid; give a positive number of seconds")
-    check_runtime(runtime, resolved, dtype)
-    options = {
-        "latency": measure_latency, "energy": energy, "channels_last": channels_last, "runtime": runtime,
-        "runtime_version": runtime_version(runtime),
-    }
-    fingerprint = device_fingerprint(resolved, threads=threads, volatile=False)
-    key = cache_key(config.content_hash(), size, batch, dtype, options, fingerprint["fingerprint_id"])
+    if isinstance(request, ArchConfig):
+        request = ProfileRequest(request, **fields)
+    elif fields:
+        raise TypeError(f"profile(ProfileRequest, ...) takes no request fields ({', '.join(fields)}); set them on the request")
+    if isolate and model is not None:
+        raise ValueError("an isolated profile builds its own model in the subprocess; drop model= or isolate=")
+    request = request.checked()
+    fingerprint = device_fingerprint(request.device, threads=request.threads, volatile=False)
+    key = cache_key(request.config.content_hash(), request.input_size, request.batch, request.dtype, request.options,
+                    fingerprint["fingerprint_id"])
     store = _open_cache(cache)
     try:
         if store is not None and (hit := store.get(key)) is not None:
             return dataclasses.replace(hit, cached=True)
-        _check_memory(config, size, batch, resolved)
-        request = {
-            "config": config, "device": resolved, "input_size": size, "batch": batch, "dtype": dtype, "options": options,
-            "threads": threads, "max_seconds": max_seconds,
-        }
-        result = _profile_isolated(request, timeout_s) if isolate else _profile_here(**request, progress=progress)
+        _check_memory(request.config, request.input_size, request.batch, request.device)
+        result = _profile_isolated(request, timeout_s) if isolate else _profile_here(request, progress=progress, model=model)
         if store is not None and result.error is None and not result.contended:
             store.put(key, result)
         return result
@@ -134,38 +181,46 @@ def _check_memory(config: ArchConfig, size: tuple[int, int], batch: int, device:
     )
 
 
-def _profile_here(
-    config: ArchConfig, device: torch.device, input_size: tuple[int, int], batch: int, dtype: str, options: dict[str, Any],
-    threads: int, max_seconds: float | None, progress: bool = False,
-) -> ProfileResult:
+def _profile_here(request: ProfileRequest, progress: bool = False, model: Callable[[], torch.nn.Module] | None = None) -> ProfileResult:
+    """``request`` is checked (``ProfileRequest.checked``)."""
     from hrvit_space import build_model
 
-    with PhaseProgress("building the model and counting FLOPs", None, enabled=progress):
-        model = build_model(config.replace(input_size=input_size)).eval()
-        inputs = torch.randn(batch, config.in_chans, *input_size)
-        params, params_by_component, params_by_branch = count_params(model)
-        with torch.no_grad(), cpu_threads(threads):
-            flops = count_flops(model, inputs)
+    config, device, size, threads, options = request.config, request.device, request.input_size, request.threads, request.options
+    traced = request.counts == "traced"
+    with PhaseProgress("building the model" + (" and counting FLOPs" if traced else ""), None, enabled=progress):
+        built = (model or (lambda: build_model(config.replace(input_size=size))))().eval()
+        inputs = torch.randn(request.batch, config.in_chans, *size)
+        if traced:
+            params, params_by_component, params_by_branch = count_params(built)
+            with torch.no_grad(), cpu_threads(threads):
+                flops = count_flops(built, inputs)
+            counts = {
+                "params": params, "params_by_component": params_by_component, "params_by_branch": params_by_branch,
+                "macs": flops.macs, "macs_by_component": flops.macs_by_component, "macs_by_branch": flops.macs_by_branch,
+                "macs_by_operator": flops.by_operator, "other_ops": flops.other_ops, "uncounted_ops": flops.uncounted,
+            }
+        else:
+            exact = analytic_counts(config, size, batch=request.batch)
+            counts = {
+                "params": exact.params, "params_by_component": exact.params_by_component, "params_by_branch": exact.params_by_branch,
+                "macs": exact.macs, "macs_by_component": exact.macs_by_component, "macs_by_branch": exact.macs_by_branch,
+            }
     common = {
-        "config_hash": config.content_hash(), "params": params, "params_by_component": params_by_component,
-        "params_by_branch": params_by_branch, "macs": flops.macs, "macs_by_component": flops.macs_by_component,
-        "macs_by_branch": flops.macs_by_branch, "macs_by_operator": flops.by_operator, "other_ops": flops.other_ops,
-        "uncounted_ops": flops.uncounted, "device": str(device), "input_size": input_size, "batch": batch, "dtype": dtype, "options": options,
+        "config_hash": config.content_hash(), **counts, "device": str(device), "input_size": size, "batch": request.batch,
+        "dtype": request.dtype, "options": options,
     }
-    if not (options["latency"] or options["energy"]):
+    if not (request.measure_latency or request.energy):
         return ProfileResult(**common, peak_memory_source="not measured (counts only)", fingerprint=device_fingerprint(device, threads))
     latency = energy_result = None
     try:
-        with PhaseProgress(f"preparing the {options['runtime']} runtime", None, enabled=progress), cpu_threads(threads):
-            prepared = prepare(
-                options["runtime"], model, inputs, device, dtype=dtype, channels_last=options["channels_last"], threads=threads
-            )
-            peak = peak_memory(prepared.run, device, model, torch_memory=prepared.torch_memory)  # before timing grows caches
-        if options["latency"]:
-            latency = measure_runs({"model": prepared.run}, device, threads=threads, max_seconds=max_seconds, progress=progress)["model"]
-        if options["energy"]:
+        with PhaseProgress(f"preparing the {request.runtime} runtime", None, enabled=progress), cpu_threads(threads):
+            prepared = prepare(request.runtime, built, inputs, device, dtype=request.dtype, channels_last=request.channels_last, threads=threads)
+            peak = peak_memory(prepared.run, device, built, torch_memory=prepared.torch_memory)  # before timing grows caches
+        if request.measure_latency:
+            latency = measure_runs({"model": prepared.run}, device, threads=threads, max_seconds=request.max_seconds, progress=progress)["model"]
+        if request.energy:
             with cpu_threads(threads):
-                energy_result = _measure_energy(prepared.run, batch, device)
+                energy_result = _measure_energy(prepared.run, request.batch, device)
     except torch.cuda.OutOfMemoryError as error:
         return ProfileResult(**common, fingerprint=device_fingerprint(device, threads), error=f"CUDA out of memory: {error}")
     return ProfileResult(
@@ -185,15 +240,14 @@ def _measure_energy(run: Any, batch: int, device: torch.device) -> EnergyResult:
         monitor.close()
 
 
-def _profile_isolated(request: dict[str, Any], timeout_s: float | None) -> ProfileResult:
+def _profile_isolated(request: ProfileRequest, timeout_s: float | None) -> ProfileResult:
     """Run ``_profile_here`` in a fresh interpreter; any failure comes back as ``error``."""
-    payload = {**request, "config": request["config"].to_dict(), "device": str(request["device"]), "input_size": list(request["input_size"])}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="hrvit-profile-") as tmp:
         out = Path(tmp) / "result.json"
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "profiling.isolated", str(out)], input=json.dumps(payload), text=True,
+                [sys.executable, "-m", "profiling.isolated", str(out)], input=json.dumps(request.to_dict()), text=True,
                 capture_output=True, env=env, timeout=timeout_s, check=False,
             )
             failure = None if done.returncode == 0 and out.is_file() else (
@@ -203,7 +257,7 @@ def _profile_isolated(request: dict[str, Any], timeout_s: float | None) -> Profi
             failure = f"profiling subprocess exceeded its {timeout_s} s timeout"
         if failure is not None:
             return ProfileResult(
-                config_hash=request["config"].content_hash(), device=payload["device"], input_size=request["input_size"],
-                batch=request["batch"], dtype=request["dtype"], options=request["options"], error=failure,
+                config_hash=request.config.content_hash(), device=str(request.device), input_size=request.input_size,
+                batch=request.batch, dtype=request.dtype, options=request.options, error=failure,
             )
         return ProfileResult.from_dict(json.loads(out.read_text()))

@@ -1,4 +1,5 @@
-"""The measured quantities a report or selector talks about, derived from ``search.objectives``.
+"""The measured quantities a report or selector talks about, derived from ``search.objectives`` (itself
+from ``profiling.QUANTITIES``, the one table of names, units, directions and labels).
 
 Column names follow the trial-record contract: the unit is part of the name (``latency_ms``).
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from search import BUDGETS, OBJECTIVES
+from profiling import QUANTITIES, QUANTITY
+from hrvit_nas import UserError
+from search import BUDGETS, OBJECTIVES, get_objective
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,9 @@ class Metric:
     @property
     def label(self) -> str:
         """Axis and table label: a proxy is never called plain "accuracy" without saying which one."""
-        if self.objective == "accuracy":
-            return f"accuracy: {self.measures}" if self.measures else "accuracy (estimator score)"
-        return f"{self.objective} ({self.unit})"
+        if self.objective == "accuracy" and self.measures:
+            return f"accuracy: {self.measures}"
+        return QUANTITY[self.column].label if self.column in QUANTITY else f"{self.objective} ({self.unit})"
 
 
 METRICS: tuple[Metric, ...] = tuple(
@@ -35,16 +38,17 @@ METRICS: tuple[Metric, ...] = tuple(
 BY_COLUMN = {metric.column: metric for metric in METRICS}
 BY_OBJECTIVE = {metric.objective: metric for metric in METRICS}
 
+
+def objective_metric(name: str) -> Metric | None:
+    """The metric of objective ``name``: built in, or a plug-in of the ``hrvit_nas.objectives`` entry-point group
+    (None when that package is no longer installed)."""
+    if name in BY_OBJECTIVE:
+        return BY_OBJECTIVE[name]
+    try:
+        spec = get_objective(name)
+    except UserError:
+        return None
+    return Metric(spec.key, name, spec.unit, spec.direction == "maximize", None)
+
 # Units of every measurement key a trial may carry (metrics.json writes them next to the values).
-MEASUREMENT_UNITS = {
-    **{metric.column: metric.unit for metric in METRICS},
-    "accuracy": "estimator score (higher is better)",
-    "latency_source": "predictor | measured",
-    "latency_contended": "true: other processes slowed the measurement (profiling.interference)",
-    "latency_interference_ratio": "x the reference kernel's quiet time",
-    "latency_cpu_wait_pct": "% of timed thread-time waiting for a core",
-    "gmacs": "GMACs",
-    "params_m_by_branch": "M",
-    "gmacs_by_branch": "GMACs",
-    "gmacs_by_component": "GMACs",
-}
+MEASUREMENT_UNITS = {quantity.key: quantity.unit for quantity in QUANTITIES}

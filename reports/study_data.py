@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 
 from hrvit_nas import UserError
-from reports.metrics import BY_OBJECTIVE, METRICS, Metric
+from reports.metrics import METRICS, Metric, objective_metric
 
 
 @dataclass
@@ -88,6 +88,6 @@ def study_data(study: optuna.Study, storage_url: str | None = None) -> StudyData
     if frame.empty:
         raise UserError(f"study {study.study_name!r} has no trials yet; run `hrvit-nas search --study {study.study_name}` first")
     data = StudyData(study, settings, frame, [], storage_url, measures)
-    data.objectives = [data.named(BY_OBJECTIVE[name]) for name in names if name in BY_OBJECTIVE]
+    data.objectives = [data.named(metric) for metric in map(objective_metric, names) if metric is not None]  # plug-ins too
     return data
 

@@ -72,7 +72,7 @@ def handle_search(args: argparse.Namespace) -> int:
     from hrvit_space import load_space, parse_input_size
     from search.records import pareto_trials
     from search.samplers import DEFAULT_SAMPLER
-    from search.study import SearchSettings
+    from search.settings import SearchSettings
     from search.workers import run_search
 
     if args.threads is not None:

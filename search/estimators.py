@@ -47,6 +47,9 @@ class AccuracyEstimator(abc.ABC):
     name: str = "base"
     metric_name: str = "estimator score"  # what ``estimate`` returns, shown on every axis and table
     unit: str = ""
+    # True: ``build(config)`` makes the model ``estimate(config, trial, model=...)`` scores, and the search
+    # times that same model instead of building a second one per trial
+    shares_model: bool = False
 
     @abc.abstractmethod
     def estimate(self, config, trial=None) -> float: ...
@@ -95,15 +98,23 @@ class ZeroCostEstimator(AccuracyEstimator):
         self.seed = seed if seed is not None else 0
         self.batch = batch
 
-    def estimate(self, config, trial=None) -> float:
+    shares_model = True
+
+    def build(self, config):
+        """The seeded initialisation the score is defined on (the global RNG is left as it was)."""
         import torch
 
         from hrvit_space import build_model
 
-        config = config.replace(input_size=self.input_size, drop_path_rate=0.0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = build_model(config).to(self.device).eval()
+            return build_model(config.replace(input_size=self.input_size, drop_path_rate=0.0)).eval()
+
+    def estimate(self, config, trial=None, model=None) -> float:
+        """``model``: ``build(config)``'s model, possibly timed meanwhile (timing changes no weight)."""
+        import torch
+
+        model = (model if model is not None else self.build(config)).to(self.device).eval()
         generator = torch.Generator().manual_seed(self.seed)
         images = torch.randn(self.batch, config.in_chans, *self.input_size, generator=generator).to(self.device)
         return naswot_score(model, images)

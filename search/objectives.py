@@ -1,7 +1,7 @@
 """The objectives and budgets a search can use, with their units and directions.
 
-Every objective and budget reads one key of a trial's ``measurements`` dict (see ``search.records``), so
-the objective values, the budget checks and the reports all agree on names and units.
+Every objective and budget reads one measured quantity (``profiling.QUANTITIES``: key, unit, direction,
+label), so the objective values, the budget checks, the records and the reports agree on names and units.
 
 The built-in objectives are measured by the search itself (counts, profiler, estimator). A user's package
 adds one through the ``hrvit_nas.objectives`` entry-point group: an ``Objective`` with a ``measure``
@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Callable
 
 from hrvit_nas import UserError
+from profiling import QUANTITY
 
 ENTRY_POINT_GROUP = "hrvit_nas.objectives"
 
@@ -35,16 +36,22 @@ class Objective:
         """Stands in for a value that was not measured because the trial already broke a budget."""
         return float("-inf") if self.direction == "maximize" else float("inf")
 
+    @property
+    def label(self) -> str:
+        """Axis and table label (a plug-in objective's name with its unit)."""
+        return QUANTITY[self.key].label if self.key in QUANTITY else f"{self.name} ({self.unit})"
+
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "direction": self.direction, "unit": self.unit}
 
 
+def _built_in(name: str, key: str) -> Objective:
+    return Objective(name, QUANTITY[key].direction, QUANTITY[key].unit, key)
+
+
 OBJECTIVES: dict[str, Objective] = {
-    "accuracy": Objective("accuracy", "maximize", "score", "accuracy"),
-    "latency": Objective("latency", "minimize", "ms", "latency_ms"),
-    "energy": Objective("energy", "minimize", "mJ/image", "energy_mj"),
-    "params": Objective("params", "minimize", "M", "params_m"),
-    "flops": Objective("flops", "minimize", "GFLOPs", "gflops"),
+    name: _built_in(name, key)
+    for name, key in (("accuracy", "accuracy"), ("latency", "latency_ms"), ("energy", "energy_mj"), ("params", "params_m"), ("flops", "gflops"))
 }
 DEFAULT_OBJECTIVES = ("accuracy", "latency")
 
@@ -79,16 +86,14 @@ def get_objective(name: str) -> Objective:
 class Budget:
     name: str  # also the Optuna constraint key and the CLI option (--max-latency-ms)
     key: str  # the measurements key it bounds
-    unit: str
+
+    @property
+    def unit(self) -> str:
+        return QUANTITY[self.key].unit
 
 
 # In the order they are checked: cheapest measurement first.
-BUDGETS: dict[str, Budget] = {
-    "max_params_m": Budget("max_params_m", "params_m", "M"),
-    "max_gflops": Budget("max_gflops", "gflops", "GFLOPs"),
-    "max_latency_ms": Budget("max_latency_ms", "latency_ms", "ms"),
-    "max_energy_mj": Budget("max_energy_mj", "energy_mj", "mJ/image"),
-}
+BUDGETS: dict[str, Budget] = {f"max_{key}": Budget(f"max_{key}", key) for key in ("params_m", "gflops", "latency_ms", "energy_mj")}
 
 
 def parse_objectives(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -123,8 +128,9 @@ def check_budgets(budgets: dict[str, float | None]) -> dict[str, float]:
     return checked
 
 
-def violations(measurements: dict, budgets: dict[str, float]) -> dict[str, float]:
-    """Budget name -> amount over the limit (in the budget's unit), for measured values only."""
+def violations(measurements, budgets: dict[str, float]) -> dict[str, float]:
+    """Budget name -> amount over the limit (in the budget's unit), for measured values only.
+    ``measurements``: ``profiling.Measurements`` or its stored dict form."""
     over = {}
     for name, limit in budgets.items():
         value = measurements.get(BUDGETS[name].key)

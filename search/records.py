@@ -32,13 +32,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig
+from profiling import QUANTITIES
 from search.objectives import get_objective
 from search.storage import open_storage
 
-MEASUREMENT_COLUMNS = (
-    "params_m", "gmacs", "gflops", "latency_ms", "latency_source", "latency_contended", "latency_interference_ratio",
-    "latency_cpu_wait_pct", "energy_mj", "accuracy",
-)
+# Scalar measurements every row carries (None when not measured): ``profiling.QUANTITIES`` without the breakdowns.
+MEASUREMENT_COLUMNS = tuple(q.key for q in QUANTITIES if not q.key.endswith(("_by_branch", "_by_component")))
 
 
 def open_study(name: str, storage) -> optuna.Study:

@@ -226,3 +226,41 @@ def _with_installed_driver(url: str, scheme: str) -> str:
         if importlib.util.find_spec(module) is not None:
             return DRIVER_SCHEMES[module] + url[len(scheme):]
     raise UserError(f"--storage {redact(url)}: no {scheme} driver installed; pip install {' or '.join(DRIVERS[scheme])}")
+
+
+def write_trial(trial: optuna.Trial, *, params: dict | None = None, user_attrs: dict | None = None) -> None:
+    """Store ``params`` (name -> (value, distribution)) and ``user_attrs`` of a running ``trial`` in one
+    transaction, as if each had been suggested or set on its own.
+
+    Optuna commits every parameter and attribute separately: 25 knobs and 8 attributes made 45 commits and
+    124 SQL statements per trial of the default space, over half of the search's own time per trial on
+    SQLite. On an RDB storage (behind Optuna's ``_CachedStorage``) the rows go in one session here; other
+    storages (journal, in-memory) take Optuna's per-item calls. The trial's cache is updated, so
+    ``trial.params`` and later ``suggest_*`` calls answer from it.
+    """
+    params, user_attrs = params or {}, user_attrs or {}
+    backend = getattr(trial.storage, "_backend", None)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        for name, (value, distribution) in params.items():
+            trial._suggest(name, distribution)  # relative/fixed parameters: Optuna returns ``value``
+        for key, value in user_attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    cached = trial._cached_frozen_trial
+    with _create_scoped_session(backend.scoped_session) as session:
+        if params:  # the study's settings fix the space, so the distributions match every earlier trial's
+            row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
+            backend.check_trial_is_updatable(trial._trial_id, row.state)
+            session.add_all([
+                models.TrialParamModel(trial_id=trial._trial_id, param_name=name, param_value=distribution.to_internal_repr(value),
+                                       distribution_json=optuna.distributions.distribution_to_json(distribution))
+                for name, (value, distribution) in params.items()
+            ])
+        for key, value in user_attrs.items():
+            backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+    for name, (value, distribution) in params.items():
+        cached.params[name], cached.distributions[name] = value, distribution
+    cached.user_attrs.update(user_attrs)

@@ -20,7 +20,10 @@ import optuna
 from hrvit_nas import UserError
 from search.progress import SearchProgress
 from search.storage import DEFAULT_RUN_ROOT, HEARTBEAT_S, open_storage, storage_url
-from search.study import SearchSettings, TrialEvaluator, load_or_create_study, preflight, run_worker
+from search.evaluator import TrialEvaluator
+from search.settings import SearchSettings
+from search.study_setup import load_or_create_study, preflight
+from search.worker_loop import run_worker
 
 
 def run_search(

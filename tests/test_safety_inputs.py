@@ -184,7 +184,7 @@ def test_train_default_out_stays_under_runs(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------- item 12: declared Optuna
 def test_pyproject_declares_the_optuna_the_code_needs():
-    """``Trial.set_constraint`` (search/study.py) first shipped in Optuna 5.0."""
+    """``Trial.set_constraint`` (search/evaluator.py) first shipped in Optuna 5.0."""
     import optuna
 
     assert hasattr(optuna.trial.Trial, "set_constraint")

@@ -60,15 +60,15 @@ def test_latency_is_timed_on_the_study_runtime(tmp_path, monkeypatch):
 
     results = []
 
-    def recording_profile(config, **options):
-        results.append((options, real_profile(config, **options)))
+    def recording_profile(request, **options):
+        results.append((request, real_profile(request, **options)))
         return results[-1][1]
 
     real_profile = profiling.profile
     monkeypatch.setattr(profiling, "profile", recording_profile)
     study = run_search(tiny_settings(objectives="latency,params", runtime="onnxruntime"), "ort", sqlite_url(tmp_path), 1)
-    (options, result), = results
-    assert (options["runtime"], options["dtype"]) == ("onnxruntime", "fp32")
+    (request, result), = results
+    assert (request.runtime, request.dtype) == ("onnxruntime", "fp32")
     assert result.options["runtime"] == "onnxruntime" and result.runtime_max_abs_diff is not None
     measurements = study.trials[0].user_attrs["measurements"]
     assert measurements["latency_ms"] == result.latency.median

@@ -1,0 +1,105 @@
+"""One worker's loop: run trials until the study holds ``--trials`` COMPLETE ones, failing dead workers' trials.
+
+Bookkeeping per trial is kept to Optuna's own reads (its ``_CachedStorage`` re-reads only unfinished and
+new trials) and two writes of our own (``search.storage.write_trial``); stale trials are failed by
+``study.optimize`` before every trial, and here only while waiting for other workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import warnings
+from typing import Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from hrvit_nas import UserError
+from search.evaluator import TrialEvaluator, TrialFailed
+from search.samplers import derive_seed, make_sampler
+from search.settings import SearchSettings
+
+MAX_FAILURES_IN_A_ROW = 10
+
+
+def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def has_heartbeat(storage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage) and bool(storage.get_heartbeat_interval())
+
+
+def fail_trials_dead_before_their_first_heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail RUNNING trials that drew no parameters and are older than the heartbeat grace period.
+
+    Optuna turns a trial stale only once it has a heartbeat; a worker killed between creating its trial and
+    that first beat leaves the trial RUNNING forever, and every other worker would wait for it to finish. A
+    live trial of ours draws its parameters first thing, so one without any after the grace period is dead;
+    with no parameters there is nothing to retry, and the slot goes back to the search."""
+    grace_s = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not trial.params and trial.datetime_start and (now - trial.datetime_start).total_seconds() > grace_s:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def run_worker(
+    settings: SearchSettings,
+    study_name: str,
+    storage,
+    n_trials: int,
+    *,
+    worker: int = 0,
+    evaluator: TrialEvaluator | None = None,
+    callbacks: Sequence[Callable] = (),
+    poll_s: float = 0.5,
+) -> optuna.Study:
+    """Run trials until the study holds ``n_trials`` COMPLETE trials (those of earlier runs count).
+
+    The sampler seed comes from ``(settings.seed, trials in the study, worker)``: a resume continues.
+    Trials RUNNING elsewhere are waited for when the storage has a heartbeat (a dead worker's trial
+    turns stale, is failed and re-queued); without one they are not waited for.
+    """
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    evaluator = evaluator or TrialEvaluator(settings)
+    study.sampler = make_sampler(
+        settings.sampler, derive_seed(settings.seed, len(study.get_trials(deepcopy=False)), worker), space=settings.space,
+        objectives=settings.objective_specs, budgets=settings.budgets, batch=settings.batch, latency_predictor=evaluator.predictor,
+    )
+    evaluator.n_trials = n_trials
+    heartbeat = has_heartbeat(storage)
+    last: list[optuna.trial.FrozenTrial] = []
+    failures_in_a_row = duplicates_in_a_row = 0
+    while True:
+        counts = trial_counts(study)
+        complete, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
+        if complete >= n_trials:
+            return study
+        if complete + running >= n_trials and counts[TrialState.WAITING] == 0:
+            if not heartbeat:
+                return study
+            with warnings.catch_warnings():  # study.optimize fails stale trials before each trial; while waiting, here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            fail_trials_dead_before_their_first_heartbeat(study, storage)
+            time.sleep(poll_s)
+            continue
+        study.optimize(evaluator, n_trials=1, catch=(TrialFailed,), callbacks=[*callbacks, lambda _s, t: last.append(t)])
+        if last and last[-1].state != TrialState.PRUNED:  # a pruned placeholder neither fails nor succeeds
+            failures_in_a_row = failures_in_a_row + 1 if last[-1].state == TrialState.FAIL else 0
+        duplicates_in_a_row = duplicates_in_a_row + 1 if last and "duplicate_of" in last[-1].user_attrs else 0
+        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise UserError(
+                f"{failures_in_a_row} trials in a row failed (last: {last[-1].user_attrs.get('failure_reason', 'unknown')}); "
+                "fix the cause (see failure_reason in the study) and re-run the same command to resume"
+            )
+        if duplicates_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise UserError(
+                f"the last {duplicates_in_a_row} proposals were all architectures the study already holds: the space "
+                f"({settings.space.size()} members) is nearly exhausted; lower --trials or widen the space"
+            )

@@ -1,0 +1,94 @@
+"""What a trial costs the search itself: one model per trial, no FLOP trace, few storage commits; the
+typed measurements and the one table of measured quantities."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sqlalchemy
+from optuna.trial import TrialState
+from test_search import _one_thread_shared_cache, sqlite_url, tiny_settings  # noqa: F401  (autouse fixture)
+from test_search_plugins import plugin  # noqa: F401  (fixture)
+
+import hrvit_space.model as model_module
+
+
+def test_a_trial_builds_its_model_once_for_timing_and_the_zero_cost_score(tmp_path, monkeypatch):
+    from search import run_search
+
+    builds = []
+    init = model_module.HRViT.__init__
+
+    def counting_init(self, *args, **kwargs):
+        builds.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.HRViT, "__init__", counting_init)
+
+    def no_trace(*_args, **_kwargs):
+        raise AssertionError("the search counts analytically; it never traces FLOPs")
+
+    monkeypatch.setattr("profiling.profiler.count_flops", no_trace)
+    monkeypatch.setenv("HRVIT_NAS_CACHE_DIR", str(tmp_path / "fresh-cache"))  # every trial is timed
+    settings = tiny_settings(objectives="accuracy,latency", sampler="random", seed=2)
+    study = run_search(settings, "once", sqlite_url(tmp_path), 3)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 and all(t.user_attrs["measurements"]["latency_source"] == "measured" for t in complete)
+    assert len(builds) == 3  # before: 6 (the profiler's model and the estimator's seeded copy)
+
+
+def test_the_zero_cost_score_of_the_shared_model_equals_a_fresh_seeded_build():
+    from search import make_estimator
+
+    settings = tiny_settings()
+    config = settings.space.smallest()
+    estimator = make_estimator("zero-cost", input_size=config.input_size, device="cpu", seed=0, batch=2)
+    shared = estimator.build(config)
+    shared(__import__("torch").randn(1, config.in_chans, *config.input_size))  # timed meanwhile: weights unchanged
+    assert estimator.estimate(config, model=shared) == estimator.estimate(config)
+
+
+def test_a_trial_commits_a_bounded_number_of_times(tmp_path, monkeypatch):
+    from search import run_search
+
+    commits = []
+
+    def count(_connection):
+        commits.append(1)
+
+    run_search(tiny_settings(sampler="random"), "commits", sqlite_url(tmp_path), 2)  # storage and study set up
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", count)
+    try:
+        run_search(tiny_settings(sampler="random"), "commits", sqlite_url(tmp_path), 8)  # resumed: 6 more trials
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "commit", count)
+    # before: 45 a trial of the default space (one per knob and attribute); now Optuna's own and two writes
+    assert len(commits) / 6 <= 16
+
+
+def test_measurements_carry_the_units_of_the_one_quantity_table():
+    from profiling import QUANTITIES, QUANTITY, Measurements, analytic_counts
+    from reports.metrics import MEASUREMENT_UNITS
+    from search import BUDGETS, OBJECTIVES
+
+    assert {f.name for f in dataclasses.fields(Measurements)} - {"plugins"} == {q.key for q in QUANTITIES}
+    m = Measurements.of_counts(analytic_counts(tiny_settings().space.smallest()))
+    m.latency_ms, m.latency_source = 3.5, "measured"
+    m.set("windows_px", 7.0)
+    stored = m.to_dict()
+    assert stored["latency_ms"] == 3.5 and stored["windows_px"] == 7.0 and "energy_mj" not in stored  # unmeasured: absent
+    assert Measurements.from_dict(stored) == m
+    assert m.units()["latency_ms"] == "ms" and m.units()["params_m"] == "M" and m.units()["gmacs_by_branch"] == "GMACs"
+    assert {o.unit for o in OBJECTIVES.values()} <= {q.unit for q in QUANTITIES}
+    assert all(OBJECTIVES[name].unit == QUANTITY[OBJECTIVES[name].key].unit for name in OBJECTIVES)
+    assert all(budget.unit == QUANTITY[budget.key].unit for budget in BUDGETS.values())
+    assert MEASUREMENT_UNITS == {q.key: q.unit for q in QUANTITIES}
+
+
+def test_a_plug_in_objective_is_a_report_metric(plugin):  # noqa: F811
+    from reports.metrics import objective_metric
+
+    metric = objective_metric("windows")
+    assert (metric.column, metric.unit, metric.maximize, metric.label) == ("windows_px", "px", False, "windows (px)")
+    assert objective_metric("latency").label == "latency (ms)"
+    assert objective_metric("uninstalled-objective") is None
