@@ -36,8 +36,9 @@ def gelu_nchw(x: Tensor) -> Tensor:
 # oneDNN only for dilated, strided or multi-threaded convolutions whose input is a batch or has more than
 # 20480 elements (``use_mkldnn`` in aten/src/ATen/native/ConvUtils.h). On the AMD EPYC dev machine MKL's
 # sgemm runs AVX2 code while oneDNN uses AVX-512: its 1x1 kernels took 1.9-3.6x less time at HRViT's shapes
-# (3136x64->512 tokens: 0.91 vs 3.25 ms, 1 thread). A 1x1 kernel ignores dilation, so dilation 2 picks
-# oneDNN without changing a number. Traces (fvcore counts, ONNX, TorchScript) keep the plain ops.
+# (3136x64->512 tokens: 0.91 vs 3.25 ms, 1 thread), so those inputs call oneDNN's convolution directly.
+# (A 1x1 conv with dilation 2 also reaches oneDNN, but its kernel for dilated convs took 3-12x longer on
+# maps of 16x16 and below: 7x7x384->1152 3.5 vs 0.8 ms.) Traces (fvcore counts, ONNX, TorchScript) keep the plain ops.
 _ONEDNN_MIN_ELEMENTS = 20480
 
 
@@ -47,24 +48,26 @@ def traced() -> bool:
 
 
 def _onednn_pays(x: Tensor) -> bool:
-    if traced():
-        return False
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and torch.backends.mkldnn.enabled
-            and (x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS))
+    return ((x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS) and x.dim() == 4 and x.dtype == torch.float32
+            and x.device.type == "cpu" and torch.backends.mkldnn.enabled and not traced())
+
+
+def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.mkldnn_convolution(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias, (0, 0), (1, 1), (1, 1), 1)
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """1x1 convolution of a (B, C, H, W) map; ``weight`` is (C_out, C_in, 1, 1) or (C_out, C_in)."""
-    if weight.dim() == 2:
-        weight = weight[:, :, None, None]
-    return F.conv2d(x, weight, bias, dilation=2 if _onednn_pays(x) else 1)
+    if _onednn_pays(x):
+        return _onednn_pointwise(x, weight, bias)
+    return F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
 
 
 def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear`` over the channels of (B, H, W, C) tokens, run as a 1x1 conv of their channels-last view
     where oneDNN is faster; any other input goes to ``F.linear``."""
     if _onednn_pays(x):
-        return to_nhwc(pointwise_conv(to_nchw(x), weight, bias))
+        return to_nhwc(_onednn_pointwise(to_nchw(x), weight, bias))
     return F.linear(x, weight, bias)
 
 
