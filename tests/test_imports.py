@@ -173,6 +173,23 @@ def test_cross_package_imports_go_through_the_package_face():
     assert not problems, "\n".join(problems)
 
 
+def enclosing_packages(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def test_no_module_imports_its_own_package_face():
+    """A face imports its modules (eagerly or lazily), so a module importing its face is a cycle in waiting."""
+    problems = [
+        f"{imp.where}: `{imp.statement}` imports the face of its own package {imp.target}; "
+        f"import from the sibling module that defines it ({imp.target}.<module>)"
+        for imp in IMPORTS
+        if not imp.path.endswith("__init__.py") and imp.target in enclosing_packages(imp.source)
+        and set(imp.names) - {"__version__"}  # the version lives in the face by convention
+    ]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("package", ORDER)
 def test_every_name_imported_from_a_face_is_exported_there(package):
     exported = set(importlib.import_module(package).__all__)
