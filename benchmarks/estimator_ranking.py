@@ -23,12 +23,15 @@ mIoU of an oracle that knows the true mask at 1/4 resolution (0.61 at 64 pixels,
    the top-3 overlap (training.rank_check). Goal: supernet tau >= 0.7 with its lower bound above the
    zero-cost tau.
 
-CPU, 2 cores, about 60 minutes with ``--scale 0.5 --threads 1`` (``--variants sandwich-kl,bn-5``). A GPU
+CPU, 2 idle cores, the defaults ``--threads 1 --jobs 1`` (one worker process trains the standalone members while the
+main process trains and scores the supernet): about 60 minutes at ``--scale 1``, 30 with ``--scale 0.5``
+(estimated from the idle per-iteration times of 2026-12-01; on cores shared with other work it is
+slower; the plateau line says whether the standalone curves flattened). A GPU
 user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scale multiplies every
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
 
-    python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--threads 1 --jobs 2]
+    python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--scale 0.5]
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64, help="side of the random training crops (GPU: 128)")
     parser.add_argument("--members", type=int, help="benchmark members (default 12)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per job)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each process")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes training the standalone members "
                         "(alongside the main process, which trains and scores the estimators meanwhile)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
