@@ -1,4 +1,4 @@
-"""Calibrated per-branch latency predictor, so a search can screen thousands of candidates.
+"""Calibrated latency predictor (block table or analytic counts), so a search can screen thousands of candidates.
 
 Within a search space only the blocks change: each branch ``b`` runs ``n_b`` identical HRViT blocks whose
 cost depends on (window_b, ratio_b), while the stem, fusions, patch embeddings, norms and head are fixed.
