@@ -220,6 +220,16 @@ def test_help_imports_neither_torch_nor_matplotlib():
     assert loaded.strip() == "[]", f"`hrvit-nas --help` imported {loaded.strip()}; load them lazily (hrvit_nas.lazy_exports)"
 
 
+def test_a_face_name_shared_with_a_submodule_is_the_exported_object():
+    """``reports.study_data`` is a function and a module: importing the module first (as reports.export
+    does) must not turn ``from reports import study_data`` into the module (the demo crashed on it)."""
+    code = ("import reports.export, training.rank_check, search.hypervolume\n"
+            "from reports import study_data\nfrom training import rank_check\nfrom search import hypervolume\n"
+            "print([callable(f) and not hasattr(f, '__path__') and type(f).__name__ for f in (study_data, rank_check, hypervolume)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "['function', 'function', 'function']"
+
+
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     """Guard of the guard: a cycle hidden in a function body is still a cycle."""
     source = tmp_path / "hrvit_space" / "probe.py"
