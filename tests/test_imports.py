@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,55 +88,14 @@ def module_edges(imp: Import) -> set[str]:
 
 
 def find_cycles(imports: list[Import]) -> list[list[Import]]:
-    """One cycle per strongly connected component of the module graph (Tarjan), as its import edges."""
-    graph: dict[str, dict[str, Import]] = {}
+    """One cycle per strongly connected component of the module graph, as the imports that close it."""
+    graph = nx.DiGraph()
     for imp in imports:
         for target in module_edges(imp):
-            graph.setdefault(imp.source, {}).setdefault(target, imp)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    components = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in graph.get(node, {}):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                components.append(set(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return [cycle_through(graph, component) for component in components]
-
-
-def cycle_through(graph: dict[str, dict[str, Import]], component: set[str]) -> list[Import]:
-    """The shortest cycle from the component's first module back to it (breadth-first)."""
-    start = min(component)
-    paths = {start: []}
-    queue = [start]
-    while queue:
-        node = queue.pop(0)
-        for nxt, imp in sorted(graph.get(node, {}).items()):
-            if nxt == start:
-                return [*paths[node], imp]
-            if nxt in component and nxt not in paths:
-                paths[nxt] = [*paths[node], imp]
-                queue.append(nxt)
-    raise AssertionError(f"no cycle through {start}")
+            if not graph.has_edge(imp.source, target):
+                graph.add_edge(imp.source, target, imp=imp)
+    components = sorted(sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1)
+    return [[graph.edges[edge]["imp"] for edge in nx.find_cycle(graph.subgraph(c), c[0])] for c in components]
 
 
 def test_no_import_cycle_between_modules():
