@@ -157,18 +157,50 @@ class DropPath(nn.Module):
         return f"rate={self.rate:.3f}"
 
 
+class PackedWeights(nn.Module):
+    """A module whose forward runs on weights derived from its parameters (``_pack``).
+
+    Outside autograd they are built once and reused until a parameter changes (in-place updates bump
+    ``_version``; ``.to()`` and friends go through ``_apply``); under autograd they are built on every
+    call so gradients reach the parameters; traces record the building; inference tensors have no version.
+    """
+
+    _packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (extra key and parameter versions, weights)
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _pack_key(self) -> tuple:
+        """What the weights depend on besides the parameters."""
+        return ()
+
+    def packed(self) -> tuple[Tensor, ...]:
+        params = list(self.parameters())
+        if torch.is_grad_enabled() or traced() or any(p.is_inference() for p in params):
+            return self._pack()
+        key = (self._pack_key(), tuple((p.data_ptr(), p._version) for p in params))
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, self._pack())
+        return self._packed[1]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # new storage (device, dtype): never reuse weights packed from the old one
+        return super()._apply(fn, recurse)
+
+
 # DES widths whose p x p mixing has p <= 8 run as two (C, C) linears: sgemm with 4 or 8 as its inner sizes
 # is so inefficient that 5-10x the MACs take less time (1 thread, min of 9 interleaved rounds: C=32 at 56x56
 # 1.5 vs 0.2 ms, C=96 at 28x28 0.54 vs 0.49 ms); from p=16 on the tiny mixings are as fast.
 _DES_KRON_MAX_P = 8
 
 
-class DES(nn.Module):
+class DES(PackedWeights):
     """Diversity-enhanced shortcut: C = k*p, a p x p mixing then a k x k mixing (two tiny Linears).
 
     Computed as ``left @ gelu(x.view(k, p) @ right^T)`` so the tokens never change layout; for small
     ``p`` as two linears on the flat channels with the Kronecker weights ``I_k (x) right`` and
-    ``left (x) I_p`` (exact: the extra terms are products with zero). Traces record the tiny mixings.
+    ``left (x) I_p`` (exact: the extra terms are products with zero), packed like MixCFN's kernels.
+    Traces record the tiny mixings.
     """
 
     def __init__(self, dim: int) -> None:
@@ -183,23 +215,26 @@ class DES(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.p <= _DES_KRON_MAX_P and not traced():
-            right, left = self.right.weight, self.left.weight
-            eye_k, eye_p = (torch.eye(n, dtype=x.dtype, device=x.device) for n in (self.k, self.p))
-            y = F.gelu(token_linear(x, torch.kron(eye_k, right), self.right.bias.repeat(self.k)))
-            return token_linear(y, torch.kron(left, eye_p), self.left.bias.repeat_interleave(self.p))
+            right, right_bias, left, left_bias = self.packed()
+            return token_linear(F.gelu(token_linear(x, right, right_bias)), left, left_bias)
         shape = x.shape
         y = F.gelu(F.linear(x.reshape(-1, self.k, self.p), self.right.weight, self.right.bias))
         y = torch.matmul(self.left.weight, y).add_(self.left.bias.view(-1, 1))
         return y.view(shape)
 
+    def _pack(self) -> tuple[Tensor, ...]:
+        """(C, C) weights and biases of the two mixings on the flat channels (c = j * p + q)."""
+        right, left = self.right.weight, self.left.weight
+        eye_k, eye_p = (torch.eye(n, dtype=right.dtype, device=right.device) for n in (self.k, self.p))
+        return (torch.kron(eye_k, right), self.right.bias.repeat(self.k),
+                torch.kron(left, eye_p), self.left.bias.repeat_interleave(self.p))
 
-class MixCFN(nn.Module):
+
+class MixCFN(PackedWeights):
     """Linear -> [depthwise 3x3 | depthwise 5x5] on the two channel halves -> GELU -> Linear.
 
     Both halves run as one depthwise 5x5 conv (the 3x3 kernels zero-padded): one kernel call, no channel
-    split, no concat of activations. Outside autograd the packed weights are built once and reused until
-    a parameter changes (in-place updates bump ``_version``; ``.to()`` and friends go through ``_apply``);
-    under autograd they are packed on every call so gradients reach the parameters.
+    split, no concat of activations; the packed kernel is built once per weight version (``PackedWeights``).
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
@@ -211,7 +246,6 @@ class MixCFN(nn.Module):
         self.conv3 = nn.Conv2d(half, half, 3, padding=1, groups=half)
         self.conv5 = nn.Conv2d(half, half, 5, padding=2, groups=half)
         self.fc2 = TokenLinear(hidden, dim)
-        self._packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (width and parameter versions, weights)
 
     @property
     def hidden(self) -> int:
@@ -222,25 +256,15 @@ class MixCFN(nn.Module):
         """The parameters of a MixCFN of width ``hidden``, by state-dict name (an elastic subclass slices them)."""
         return dict(self.named_parameters())
 
-    def packed(self) -> tuple[Tensor, ...]:
-        """fc1 weight and bias, the packed 5x5 kernel and its bias, fc2 weight and bias."""
-        params = list(self.parameters())
-        if torch.is_grad_enabled() or traced() or any(p.is_inference() for p in params):
-            return self._pack()  # autograd needs the graph; traces record it; inference tensors have no version
-        key = (self.hidden, tuple((p.data_ptr(), p._version) for p in params))
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, self._pack())
-        return self._packed[1]
+    def _pack_key(self) -> tuple:
+        return (self.hidden,)
 
     def _pack(self) -> tuple[Tensor, ...]:
+        """fc1 weight and bias, the packed 5x5 kernel and its bias, fc2 weight and bias."""
         p = self.parts()
         kernel = torch.cat([F.pad(p["conv3.weight"], (1, 1, 1, 1)), p["conv5.weight"]])
         bias = torch.cat([p["conv3.bias"], p["conv5.bias"]])
         return p["fc1.weight"], p["fc1.bias"], kernel, bias, p["fc2.weight"], p["fc2.bias"]
-
-    def _apply(self, fn, recurse: bool = True):
-        self._packed = None  # new storage (device, dtype): never reuse kernels packed from the old one
-        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
         fc1_w, fc1_b, kernel, kernel_b, fc2_w, fc2_b = self.packed()

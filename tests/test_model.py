@@ -235,6 +235,17 @@ def test_des_equals_its_two_tiny_mixings_with_gradients_and_traces_them(dim):
     assert "aten::kron" not in graph and "aten::matmul" in graph
 
 
+def test_des_packs_its_kronecker_weights_once_per_weight_version():
+    des = randomise(DES(32))
+    x = torch.randn(1, 4, 4, 32)
+    with torch.no_grad():
+        first, again = des.packed(), des.packed()
+        assert all(a is b for a, b in zip(first, again))
+        des.left.weight.mul_(2.0)  # an in-place update (an optimizer step) must not reuse the old weights
+        y = torch.nn.functional.gelu(x.view(1, 4, 4, des.k, des.p) @ des.right.weight.T + des.right.bias)
+        torch.testing.assert_close(des(x), (des.left.weight @ y + des.left.bias[:, None]).reshape(x.shape))
+
+
 def test_gelu_on_channels_last_maps_keeps_layout_and_values():
     x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
     y = gelu_nchw(x)
