@@ -6,9 +6,11 @@ patch embedding that flattens and transposes to tokens (B, N, C) before its Laye
 (B, N, C) tokens with transposes around every conv and the DES linears, strips built with permutes,
 full attention matrices materialised, the padding mask rebuilt on every call (the reference keeps
 an lru_cache of 4 entries keyed per module, which the blocks of one forward keep evicting); a
-contiguous NCHW copy of each branch at the end of a module; plain nn.Linear / nn.Conv2d layers.
+contiguous NCHW copy of each branch at the end of a module; plain nn.Linear / nn.Conv2d layers; the
+SegFormer head's fuse conv on the concat of the resized maps (kept here, so the model's own head does
+not reach the baseline).
 
-Columns: ``ours`` is the plain model (training-capable; its FLOPs are the architecture's);
+Columns: ``ours`` is the plain model (training-capable; its traced FLOPs are the architecture's);
 ``inference`` is ``optimize_for_inference`` (BN folded, SegFormer fuse conv merged into the branch
 projections). For each input size and model the three run interleaved (each once per round) at every
 thread count, medians reported, so machine noise hits all alike. Outputs are checked equal first. Runs
