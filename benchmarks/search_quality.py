@@ -67,26 +67,27 @@ SPACE = {
 }
 
 
-def hidden_accuracy(config) -> float:
+def hidden_accuracy(config, instance: int = 0) -> float:
     """Accuracy-like percent: diminishing returns in per-branch depth x width, window context on deep
-    branches, plus a fixed deviation per architecture (sd 0.4 points)."""
+    branches, plus a fixed deviation per architecture (sd 0.4 points); ``instance`` > 0 draws other
+    deviations (another problem of the same kind: the sampler seeds alone all face instance 0)."""
     blocks = [sum(module[b] for module in config.depths if b < len(module)) for b in range(config.num_branches)]
     weights = (0.6, 0.9, 1.2, 1.0)  # low-resolution branches carry more semantics
     capacity = sum(w * math.log1p(n * r / 4) for w, n, r in zip(weights, blocks, config.mlp_ratios))
     context = sum(0.25 * math.log2(ws + 1) * math.sqrt(n) for ws, n in zip(config.window_sizes, blocks))
-    digest = hashlib.sha256(config.content_hash().encode()).digest()
+    digest = hashlib.sha256((config.content_hash() + (f":{instance}" if instance else "")).encode()).digest()
     deviation = statistics.NormalDist().inv_cdf((int.from_bytes(digest[:8], "big") + 0.5) / 2**64)
     return 75 * (1 - math.exp(-(capacity + context) / 3.0)) + 0.4 * deviation
 
 
-def build_table(space: SearchSpace) -> dict[str, dict[str, float]]:
+def build_table(space: SearchSpace, instance: int = 0) -> dict[str, dict[str, float]]:
     """params key -> measurements (accuracy, params_m, gflops) for every member."""
     knobs = space.knobs()
     table = {}
     for values in itertools.product(*(k.choices for k in knobs)):
         params = dict(zip((k.name for k in knobs), values))
         config = space.decode(params)
-        table[params_key(params)] = {**cheap_measurements(config), "accuracy": hidden_accuracy(config)}
+        table[params_key(params)] = {**cheap_measurements(config), "accuracy": hidden_accuracy(config, instance)}
     return table
 
 
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (tune on others than 0-9)")
     parser.add_argument("--trials", type=int, default=max(CHECKPOINTS))
+    parser.add_argument("--instance", type=int, default=0, help="hidden deviations of another problem (tune on > 0)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--overhead-trials", type=int, default=200, help="0 skips the overhead measurement")
@@ -169,7 +171,7 @@ def main() -> None:
 
     space = SearchSpace.from_dict(SPACE)
     start = time.perf_counter()
-    table = build_table(space)
+    table = build_table(space, args.instance)
     print(f"space: {space.size()} members, 4 branches, 64x64; enumerated in {time.perf_counter() - start:.1f} s")
     flops = sorted(m["gflops"] for m in table.values())
     limit = flops[int(FEASIBLE_SHARE * len(flops)) - 1]
