@@ -66,10 +66,10 @@ class CrossShapedAttention(nn.Module):
         q, v = self.qv(x).chunk(2, dim=-1)
         half = q.shape[-1] // 2
         out = to_nhwc(self.local_conv(to_nchw(F.hardswish(v))))  # parallel path; strips add into it
-        out[..., :half] += strip_attention(q[..., :half], v[..., :half], self.window_size, self.heads)
-        out[..., half:] += strip_attention(
+        out[..., :half].add_(strip_attention(q[..., :half], v[..., :half], self.window_size, self.heads))
+        out[..., half:].add_(strip_attention(
             q[..., half:].transpose(1, 2), v[..., half:].transpose(1, 2), self.window_size, self.heads
-        ).transpose(1, 2)
+        ).transpose(1, 2))
         return self.proj(F.hardswish(out))
 
     def extra_repr(self) -> str:
