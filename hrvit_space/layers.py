@@ -49,7 +49,7 @@ def traced() -> bool:
 
 def _onednn_pays(x: Tensor) -> bool:
     return ((x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS) and x.dim() == 4 and x.dtype == torch.float32
-            and x.device.type == "cpu" and torch.backends.mkldnn.enabled and not traced())
+            and x.is_cpu and torch.backends.mkldnn.enabled and not traced())
 
 
 def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
