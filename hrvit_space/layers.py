@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from hrvit_space.config import ConfigError
 
@@ -43,8 +44,9 @@ _ONEDNN_MIN_ELEMENTS = 20480
 
 
 def traced() -> bool:
-    """Inside ``torch.jit.trace`` (fvcore, ONNX, TorchScript) or ``torch.compile``: emit the plain ops."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """Inside ``torch.jit.trace`` (fvcore, ONNX, TorchScript), ``torch.compile`` or a dispatch mode
+    (``FlopCounterMode``, fake tensors): emit the plain ops, whose counts are the architecture's."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
 
 
 def _onednn_pays(x: Tensor) -> bool:

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.layers import Conv1x1, MixCFN, TokenLinear
@@ -165,20 +164,6 @@ def test_token_linear_and_conv1x1_equal_the_plain_layers_with_gradients(shape):
     torch.testing.assert_close(conv(nchw), F.conv2d(nchw, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
 
 
-class _RecordDilations(TorchDispatchMode):
-    """The dilation of every convolution an op sequence calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[list[int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.conv2d, torch.ops.aten.convolution, torch.ops.aten.mkldnn_convolution):
-            schema = [argument.name for argument in func._schema.arguments]
-            self.seen.append(list(args[schema.index("dilation")]))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: what the exporters still use
 def test_large_single_image_pointwise_layers_run_on_onednn_and_traces_keep_plain_ops():
@@ -186,10 +171,9 @@ def test_large_single_image_pointwise_layers_run_on_onednn_and_traces_keep_plain
     linear, x = TokenLinear(16, 24), torch.randn(1, 56, 56, 16)
     with torch.profiler.profile() as prof, torch.no_grad():
         linear(x)
-    assert "aten::mkldnn_convolution" in {event.key for event in prof.key_averages()}
-    with _RecordDilations() as dilations, torch.no_grad():
-        linear(x)
         Conv1x1(16, 24)(x.permute(0, 3, 1, 2))
-    assert dilations.seen == [[1, 1], [1, 1]]  # oneDNN's dilated kernels took 3-12x longer on small maps
+    ops = {event.key for event in prof.key_averages()}
+    # called directly, not through a dilated conv2d (oneDNN's dilated kernel took 3-12x longer on small maps)
+    assert "aten::mkldnn_convolution" in ops and "aten::convolution" not in ops
     traced = torch.jit.trace(linear, x)  # what fvcore counts and ONNX exports: the plain op
     assert "aten::linear" in str(traced.graph) and "conv" not in str(traced.graph)
