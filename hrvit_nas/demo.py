@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from hrvit_space import load_space, parse_input_size
-    from reports import ExportOptions, export_trials, parse_selector, select, study_data, write_report
+    from reports import ExportOptions, export_trials, load_study_data, parse_selector, select, write_report
     from search import SearchSettings, run_search
 
     if args.threads is not None:
@@ -53,9 +53,9 @@ def run_demo(args: argparse.Namespace) -> int:
         runtime=args.runtime, dtype=args.dtype, seed=args.seed, baselines=True,
     )
     print(f"searching {settings.space} at {args.input} on {args.device} ({args.runtime} {args.dtype}): {args.trials} trials into {storage}")
-    study = run_search(settings, DEMO_STUDY, storage, args.trials, run_dir=out, progress=True)
+    run_search(settings, DEMO_STUDY, storage, args.trials, run_dir=out, progress=True)
 
-    data = study_data(study)
+    data = load_study_data(DEMO_STUDY, storage)
     files = write_report(data, out / "report")
     knee = select(data, parse_selector("knee"))
     if knee.empty:

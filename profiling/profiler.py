@@ -71,6 +71,7 @@ class ProfileRequest:
     runtime: str = "eager"
     measure_latency: bool = True
     energy: bool = False
+    memory: bool = True  # peak memory of one timed call (a torch-profiler pass: seconds on a CPU)
     channels_last: bool = False
     threads: int | None = None
     max_seconds: float | None = DEFAULT_MAX_SECONDS
@@ -101,8 +102,11 @@ class ProfileRequest:
             "latency": self.measure_latency, "energy": self.energy, "channels_last": self.channels_last, "runtime": self.runtime,
             "runtime_version": runtime_version(self.runtime),
         }
-        if self.counts != "traced":  # traced results keep the cache keys they had before counts were selectable
+        # results with counts traced and memory measured keep the cache keys they had before these were selectable
+        if self.counts != "traced":
             options["counts"] = self.counts
+        if not self.memory:
+            options["memory"] = False
         return options
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,36 +190,39 @@ def _profile_here(request: ProfileRequest, progress: bool = False, model: Callab
     from hrvit_space import build_model
 
     config, device, size, threads, options = request.config, request.device, request.input_size, request.threads, request.options
-    traced = request.counts == "traced"
-    with PhaseProgress("building the model" + (" and counting FLOPs" if traced else ""), None, enabled=progress):
-        built = (model or (lambda: build_model(config.replace(input_size=size))))().eval()
-        inputs = torch.randn(request.batch, config.in_chans, *size)
-        if traced:
+    timed = request.measure_latency or request.energy
+    make = model or (lambda: build_model(config.replace(input_size=size)))
+    if request.counts == "traced":
+        with PhaseProgress("building the model and counting FLOPs", None, enabled=progress):
+            built, inputs = make().eval(), torch.randn(request.batch, config.in_chans, *size)
             params, params_by_component, params_by_branch = count_params(built)
             with torch.no_grad(), cpu_threads(threads):
                 flops = count_flops(built, inputs)
-            counts = {
-                "params": params, "params_by_component": params_by_component, "params_by_branch": params_by_branch,
-                "macs": flops.macs, "macs_by_component": flops.macs_by_component, "macs_by_branch": flops.macs_by_branch,
-                "macs_by_operator": flops.by_operator, "other_ops": flops.other_ops, "uncounted_ops": flops.uncounted,
-            }
-        else:
-            exact = analytic_counts(config, size, batch=request.batch)
-            counts = {
-                "params": exact.params, "params_by_component": exact.params_by_component, "params_by_branch": exact.params_by_branch,
-                "macs": exact.macs, "macs_by_component": exact.macs_by_component, "macs_by_branch": exact.macs_by_branch,
-            }
+        counts = {
+            "params": params, "params_by_component": params_by_component, "params_by_branch": params_by_branch,
+            "macs": flops.macs, "macs_by_component": flops.macs_by_component, "macs_by_branch": flops.macs_by_branch,
+            "macs_by_operator": flops.by_operator, "other_ops": flops.other_ops, "uncounted_ops": flops.uncounted,
+        }
+    else:  # exact from the config: no forward pass, and no model at all unless it is timed
+        exact = analytic_counts(config, size, batch=request.batch)
+        counts = {
+            "params": exact.params, "params_by_component": exact.params_by_component, "params_by_branch": exact.params_by_branch,
+            "macs": exact.macs, "macs_by_component": exact.macs_by_component, "macs_by_branch": exact.macs_by_branch,
+        }
+        if timed:
+            with PhaseProgress("building the model", None, enabled=progress):
+                built, inputs = make().eval(), torch.randn(request.batch, config.in_chans, *size)
     common = {
         "config_hash": config.content_hash(), **counts, "device": str(device), "input_size": size, "batch": request.batch,
         "dtype": request.dtype, "options": options,
     }
-    if not (request.measure_latency or request.energy):
+    if not timed:
         return ProfileResult(**common, peak_memory_source="not measured (counts only)", fingerprint=device_fingerprint(device, threads))
     latency = energy_result = None
     try:
         with PhaseProgress(f"preparing the {request.runtime} runtime", None, enabled=progress), cpu_threads(threads):
             prepared = prepare(request.runtime, built, inputs, device, dtype=request.dtype, channels_last=request.channels_last, threads=threads)
-            peak = peak_memory(prepared.run, device, built, torch_memory=prepared.torch_memory)  # before timing grows caches
+            peak = peak_memory(prepared.run, device, built, torch_memory=prepared.torch_memory) if request.memory else None  # before timing grows caches
         if request.measure_latency:
             latency = measure_runs({"model": prepared.run}, device, threads=threads, max_seconds=request.max_seconds, progress=progress)["model"]
         if request.energy:
@@ -224,7 +231,8 @@ def _profile_here(request: ProfileRequest, progress: bool = False, model: Callab
     except torch.cuda.OutOfMemoryError as error:
         return ProfileResult(**common, fingerprint=device_fingerprint(device, threads), error=f"CUDA out of memory: {error}")
     return ProfileResult(
-        **common, latency=latency, energy=energy_result, peak_memory_bytes=peak.bytes, peak_memory_source=peak.source,
+        **common, latency=latency, energy=energy_result, peak_memory_bytes=peak.bytes if peak else None,
+        peak_memory_source=peak.source if peak else "not measured (not requested)",
         runtime_max_abs_diff=prepared.max_abs_diff, fingerprint=device_fingerprint(device, threads),
     )
 

@@ -32,9 +32,7 @@ class TrialFailed(Exception):
 
 class TrialModel:
     """The one model of a trial, built on first use: by the estimator when it shares the model (its seeded
-    initialisation), else plainly. ``builds`` counts the builds (for tests and benchmarks)."""
-
-    builds = 0
+    initialisation), else plainly."""
 
     def __init__(self, config: ArchConfig, estimator=None) -> None:
         self.config = config
@@ -46,7 +44,6 @@ class TrialModel:
         if self._model is None:
             from hrvit_space import build_model
 
-            TrialModel.builds += 1
             self._model = self.estimator.build(self.config) if self.estimator else build_model(self.config).eval()
         return self._model
 
@@ -102,7 +99,8 @@ class TrialEvaluator:
         """Fill ``m`` cheapest first; return early once a budget is broken (``m`` keeps what was measured
         when a measurement raises).
 
-        Counts are analytic (no model); the trial's one model is then timed and scored.
+        Counts are analytic (no model, no FLOP trace); the trial's one model is then timed (no peak-memory
+        pass: trials do not record it) and scored.
         """
         from profiling import ProfileRequest, profile
 
@@ -122,7 +120,7 @@ class TrialEvaluator:
         if timed:
             request = ProfileRequest(
                 config, device=s.device, input_size=s.input_size, batch=s.batch, runtime=s.runtime, dtype=s.dtype,
-                measure_latency=True, energy=needs_energy, counts="analytic",
+                measure_latency=True, energy=needs_energy, memory=False, counts="analytic",  # a trial records neither
             )
             result = profile(request, progress=progress, model=model)
             if result.error:

@@ -30,12 +30,13 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace, user_attrs: dict[str
     them into a config. The knobs and ``user_attrs`` (plus the config's own attributes and the sampler's
     ``screening`` statistics of this proposal) are stored in one write (``search.storage.write_trial``)
     when the sampler proposed every knob at once (all samplers of the search do); an enqueued trial
-    (baseline, retry) takes Optuna's suggest calls."""
+    (a baseline, or a retry of a dead worker's trial, whose parameters are stored already) takes
+    Optuna's suggest calls."""
     distributions = space_distributions(space)
     proposed = trial.relative_params  # runs the sampler
     screening = getattr(trial.study.sampler, "screening", {}).pop(trial.number, None)
     user_attrs = {**(user_attrs or {}), **({"screening": screening} if screening is not None else {})}
-    if all(name in proposed for name in distributions):
+    if not trial.params and all(name in proposed for name in distributions):
         params = {name: proposed[name] for name in distributions}
         config = space.decode(params)
         write_trial(trial, params={name: (params[name], d) for name, d in distributions.items()},

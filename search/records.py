@@ -5,11 +5,12 @@ The contract (readers code against these names):
 - Objectives ``accuracy`` (maximise, the estimator's score; ``study.metric_names`` say which, e.g.
   "NASWOT score (log-det)"), ``latency`` (ms), ``energy`` (mJ per image,
   gross), ``params`` (M), ``flops`` (GFLOPs); study directions follow the settings' objective order.
-- Trial user_attrs: ``config`` (ArchConfig.to_dict()), ``config_hash``, ``measurements`` (``params_m``,
-  ``gmacs``, ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), with a measured latency
+- Trial user_attrs: ``config`` (ArchConfig.to_dict()), ``config_hash``, ``measurements``
+  (``profiling.Measurements.to_dict()``: keys and units of ``profiling.QUANTITIES`` -- ``params_m``, ``gmacs``,
+  ``gflops``, ``latency_ms``, ``latency_source`` ("predictor" | "measured"), with a measured latency
   ``latency_contended`` (True: other processes slowed it, ``profiling.interference``), ``latency_interference_ratio``
-  and ``latency_cpu_wait_pct``, ``energy_mj``,
-  ``accuracy``, and the breakdowns ``params_m_by_branch``, ``gmacs_by_branch``, ``gmacs_by_component``;
+  and ``latency_cpu_wait_pct``, ``energy_mj``, ``accuracy``, the breakdowns ``params_m_by_branch``,
+  ``gmacs_by_branch``, ``gmacs_by_component`` -- plus plug-in objectives under their ``Objective.key``;
   keys absent when not measured), ``fingerprint``, ``estimator``, ``baseline`` (enqueued presets only),
   ``feasible``, ``violations`` (budget -> amount over), ``failure_reason`` (FAILED trials only),
   ``config_summary`` (one readable line for optuna-dashboard), ``screening`` (cheap-first proposals:

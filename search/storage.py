@@ -246,6 +246,7 @@ def write_trial(trial: optuna.Trial, *, params: dict | None = None, user_attrs: 
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)
         return
+    import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
@@ -254,9 +255,9 @@ def write_trial(trial: optuna.Trial, *, params: dict | None = None, user_attrs: 
         if params:  # the study's settings fix the space, so the distributions match every earlier trial's
             row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
             backend.check_trial_is_updatable(trial._trial_id, row.state)
-            session.add_all([
-                models.TrialParamModel(trial_id=trial._trial_id, param_name=name, param_value=distribution.to_internal_repr(value),
-                                       distribution_json=optuna.distributions.distribution_to_json(distribution))
+            session.execute(sqlalchemy.insert(models.TrialParamModel), [  # one multi-row INSERT
+                {"trial_id": trial._trial_id, "param_name": name, "param_value": distribution.to_internal_repr(value),
+                 "distribution_json": optuna.distributions.distribution_to_json(distribution)}
                 for name, (value, distribution) in params.items()
             ])
         for key, value in user_attrs.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 from test_search import _one_thread_shared_cache, sqlite_url, tiny_settings  # noqa: F401  (autouse fixture)
@@ -92,3 +93,33 @@ def test_a_plug_in_objective_is_a_report_metric(plugin):  # noqa: F811
     assert (metric.column, metric.unit, metric.maximize, metric.label) == ("windows_px", "px", False, "windows (px)")
     assert objective_metric("latency").label == "latency (ms)"
     assert objective_metric("uninstalled-objective") is None
+
+
+def test_the_demo_reaches_its_pareto_plot_report_and_export(tmp_path, capsys):
+    """The README's first command, at its smallest (the three baselines at 64x64): search, report, export."""
+    from test_search import run_cli
+
+    out = tmp_path / "demo"
+    code, printed = run_cli(["demo", "--out", str(out), "--trials", "3", "--input", "64x64", "--device", "cpu", "--threads", "1"], capsys)
+    assert code == 0, printed.err
+    assert (out / "report" / "report.html").is_file()
+    assert (out / "report" / "figures" / "pareto_accuracy_vs_latency_ms.png").is_file()
+    exported = next((out / "export").iterdir())
+    assert {"config.yaml", "metrics.json"} <= {p.name for p in exported.iterdir()}
+    assert f"exported:    {exported / 'config.yaml'}" in printed.out
+
+
+def test_a_profile_request_for_analytic_counts_equals_the_trace_and_builds_no_model(monkeypatch):
+    from hrvit_nas import UserError
+    from profiling import ProfileRequest, profile
+
+    config = tiny_settings().space.smallest()
+    traced = profile(ProfileRequest(config, device="cpu", measure_latency=False), cache=None)
+    builds = []
+    init = model_module.HRViT.__init__
+    monkeypatch.setattr(model_module.HRViT, "__init__", lambda self, *a, **k: (builds.append(1), init(self, *a, **k))[1])
+    analytic = profile(ProfileRequest(config, device="cpu", measure_latency=False, counts="analytic"), cache=None)
+    assert (analytic.params, analytic.macs, analytic.macs_by_branch) == (traced.params, traced.macs, traced.macs_by_branch)
+    assert builds == [] and analytic.options["counts"] == "analytic" and "counts" not in traced.options
+    with pytest.raises(UserError, match="counts 'exact'"):
+        profile(ProfileRequest(config, device="cpu", counts="exact"), cache=None)
