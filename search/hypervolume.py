@@ -48,9 +48,20 @@ def _feasible(trial: FrozenTrial) -> bool:
     return all(c <= 0 for c in trial.constraints.values()) and all(math.isfinite(v) for v in trial.values)
 
 
-def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials within every budget and with finite values, in trial-number order."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
+def feasible_trials(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """COMPLETE trials within every budget and with finite values, in trial-number order. ``trials``: the
+    study's trials when the caller has read them already (the progress bar reads once per trial)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in trials if t.state == TrialState.COMPLETE and _feasible(t)]
+
+
+def front_size(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection | str]) -> int:
+    """How many of the feasible ``trials`` no other dominates (ties all count, as in ``study.best_trials``)."""
+    if not trials:
+        return 0
+    points = np.array([t.values for t in trials], dtype=float) * _signs(directions)
+    return int(moocore.is_nondominated(points, keep_weakly=True).sum())
 
 
 def hypervolume_history(study: optuna.Study, reference: Sequence[float]) -> list[tuple[int, float]]:
@@ -64,15 +75,16 @@ def hypervolume_history(study: optuna.Study, reference: Sequence[float]) -> list
     return history
 
 
-def normalized_hypervolume(study: optuna.Study) -> float | None:
+def normalized_hypervolume(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> float | None:
     """Hypervolume of the feasible front in the box from its ideal point to ``reference_point`` (0..1).
 
     None for single-objective studies or with no feasible trial. Only a progress indicator: the box
-    grows with the front, so compare runs with ``hypervolume`` at one fixed reference point.
+    grows with the front, so compare runs with ``hypervolume`` at one fixed reference point. ``trials``:
+    as for ``feasible_trials``.
     """
     if len(study.directions) < 2:
         return None
-    trials = feasible_trials(study)
+    trials = feasible_trials(study, trials)
     if not trials:
         return None
     values = np.array([t.values for t in trials])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from search.hypervolume import normalized_hypervolume
+from search.hypervolume import feasible_trials, front_size, normalized_hypervolume
 from search.records import is_feasible
 
 
@@ -38,14 +38,15 @@ class SearchProgress:
 
 
 def summary(study: optuna.Study) -> dict[str, float | int | None]:
+    """From one read of the study's trials (it runs after every trial: each read costs storage round trips)."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return {
         "complete": len(complete),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "feasible": sum(is_feasible(t) for t in complete),
-        "pareto": len([t for t in study.best_trials if is_feasible(t)]) if complete else 0,
-        "hypervolume": normalized_hypervolume(study) if complete else None,
+        "pareto": front_size(feasible_trials(study, complete), study.directions),
+        "hypervolume": normalized_hypervolume(study, complete) if complete else None,
     }
 
 

@@ -123,3 +123,16 @@ def test_a_profile_request_for_analytic_counts_equals_the_trace_and_builds_no_mo
     assert builds == [] and analytic.options["counts"] == "analytic" and "counts" not in traced.options
     with pytest.raises(UserError, match="counts 'exact'"):
         profile(ProfileRequest(config, device="cpu", counts="exact"), cache=None)
+
+
+def test_the_progress_front_size_agrees_with_optuna_best_trials():
+    import optuna
+
+    from search.hypervolume import feasible_trials, front_size
+    from search.progress import summary
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for values in ([1.0, 1.0], [1.0, 1.0], [2.0, 3.0], [2.0, 2.0], [0.5, 0.1], [3.0, 3.0]):  # a tie, dominated points
+        study.tell(study.ask(), values)
+    assert front_size(feasible_trials(study), study.directions) == len(study.best_trials) == 4
+    assert summary(study)["pareto"] == 4
