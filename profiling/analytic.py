@@ -9,8 +9,8 @@ equal to the traced counts, so a change to a layer that is not mirrored here fai
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
 
 from hrvit_space import STEM_WIDTH, ArchConfig, branch_feature_size, mlp_hidden
@@ -35,16 +35,25 @@ class AnalyticCounts:
 
 
 class _Tally:
+    """Terms as they are counted; summed per component and per branch once, at the end (``totals``)."""
+
     def __init__(self) -> None:
-        self.params = {"component": Counter(), "branch": Counter()}
-        self.macs = {"component": Counter(), "branch": Counter()}
+        self.terms: list[tuple[str, int | None, int, int]] = []
 
     def add(self, component: str, branch: int | None, params: int = 0, macs: int = 0, times: int = 1) -> None:
-        key = SHARED if branch is None else str(branch)
-        for kind, value in ((self.params, params), (self.macs, macs)):
-            if value:
-                kind["component"][component] += value * times
-                kind["branch"][key] += value * times
+        self.terms.append((component, branch, params * times, macs * times))
+
+    def totals(self, batch: int) -> dict[str, dict[str, int]]:
+        sums: dict[str, dict[str, int]] = {name: {} for name in ("params_component", "params_branch", "macs_component", "macs_branch")}
+        for component, branch, params, macs in self.terms:
+            key = SHARED if branch is None else str(branch)
+            if params:
+                sums["params_component"][component] = sums["params_component"].get(component, 0) + params
+                sums["params_branch"][key] = sums["params_branch"].get(key, 0) + params
+            if macs:
+                sums["macs_component"][component] = sums["macs_component"].get(component, 0) + macs * batch
+                sums["macs_branch"][key] = sums["macs_branch"].get(key, 0) + macs * batch
+        return sums
 
 
 def _conv(c_in: int, c_out: int, kernel: int, out_pixels: int, groups: int = 1, bias: bool = True) -> tuple[int, int]:
@@ -70,23 +79,32 @@ def _strip_attention_macs(height: int, width: int, window: int, channels: int) -
 
 def _blocks(t: _Tally, b: int, depth: int, dim: int, window: int, hidden: int, size: tuple[int, int]) -> None:
     """``depth`` identical HRViT blocks of branch ``b``."""
+    for component, params, macs in _block_terms(dim, window, hidden, size):
+        t.add(component, b, params=params, macs=macs, times=depth)
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_terms(dim: int, window: int, hidden: int, size: tuple[int, int]) -> tuple[tuple[str, int, int], ...]:
+    """(component, params, MACs) of one HRViT block; cached, since a screened pool repeats the same blocks."""
     h, w = size
     tokens = h * w
     half = dim // 2
-    t.add("norm", b, params=4 * dim, times=depth)  # attn_norm and mlp_norm
     qv = _linear(dim, 2 * dim, tokens)
     local = _conv(dim, dim, 3, tokens, groups=dim)
     proj = _linear(dim, dim, tokens)
     attention = _strip_attention_macs(h, w, window, half) + _strip_attention_macs(w, h, window, half)
-    t.add("attention", b, params=qv[0] + local[0] + proj[0] + 2 * dim, macs=qv[1] + local[1] + proj[1] + attention, times=depth)
     exponent = int(math.log2(dim))
     p = 2 ** (exponent - exponent // 2)
     k = dim // p
-    t.add("des", b, params=p * p + p + k * k + k, macs=tokens * dim * (p + k), times=depth)
     fc1, fc2 = _linear(dim, hidden, tokens), _linear(hidden, dim, tokens)
     mid = hidden // 2
     convs = mid * 9 + mid + mid * 25 + mid  # 3x3 and 5x5 depthwise halves
-    t.add("mixcfn", b, params=fc1[0] + fc2[0] + convs, macs=fc1[1] + fc2[1] + tokens * hidden * 25, times=depth)  # one 5x5 conv
+    return (
+        ("norm", 4 * dim, 0),  # attn_norm and mlp_norm
+        ("attention", qv[0] + local[0] + proj[0] + 2 * dim, qv[1] + local[1] + proj[1] + attention),
+        ("des", p * p + p + k * k + k, tokens * dim * (p + k)),
+        ("mixcfn", fc1[0] + fc2[0] + convs, fc1[1] + fc2[1] + tokens * hidden * 25),  # one 5x5 conv
+    )
 
 
 def _fusion(t: _Tally, sizes: list[tuple[int, int]], c_in: tuple[int, ...], c_out: tuple[int, ...]) -> None:
@@ -153,12 +171,12 @@ def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = Non
             t.add("norm", b, params=2 * dim)
         in_channels = config.channels[: len(depths)]
     _head(t, config, sizes)
-    scale = {kind: Counter({k: v * batch for k, v in counts.items()}) for kind, counts in t.macs.items()}
+    sums = t.totals(batch)
     return AnalyticCounts(
-        params=sum(t.params["component"].values()),
-        params_by_component=dict(t.params["component"]),
-        params_by_branch=dict(t.params["branch"]),
-        macs=sum(scale["component"].values()),
-        macs_by_component=dict(scale["component"]),
-        macs_by_branch=dict(scale["branch"]),
+        params=sum(sums["params_component"].values()),
+        params_by_component=sums["params_component"],
+        params_by_branch=sums["params_branch"],
+        macs=sum(sums["macs_component"].values()),
+        macs_by_component=sums["macs_component"],
+        macs_by_branch=sums["macs_branch"],
     )

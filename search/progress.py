@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import TrialState
 
 from search.hypervolume import feasible_trials, front_size, normalized_hypervolume
 from search.records import is_feasible
+
+
+REFRESH_S = 1.0  # figures are re-read at most this often: each read scans the study, and free trials take ms
 
 
 class SearchProgress:
@@ -21,6 +26,7 @@ class SearchProgress:
             TimeElapsedColumn(), disable=not enabled, transient=False,
         )
         self.task = self.progress.add_task("search", total=total, stats="")
+        self.refreshed = float("-inf")
 
     def __enter__(self) -> "SearchProgress":
         self.progress.start()
@@ -29,10 +35,13 @@ class SearchProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def update(self, study: optuna.Study, _trial=None) -> None:
-        if not self.enabled:
+    def update(self, study: optuna.Study, _trial=None, *, force: bool = False) -> None:
+        """Re-read the study's figures, at most once per ``REFRESH_S`` unless ``force`` (the final figures)."""
+        if not self.enabled or (not force and time.monotonic() - self.refreshed < REFRESH_S):
             return
-        self.progress.update(self.task, completed=min(summary(study)["complete"], self.progress.tasks[0].total), stats=describe(study))
+        self.refreshed = time.monotonic()
+        s = summary(study)
+        self.progress.update(self.task, completed=min(s["complete"], self.progress.tasks[0].total), stats=describe(s))
 
     __call__ = update  # usable directly as an Optuna callback
 
@@ -50,7 +59,7 @@ def summary(study: optuna.Study) -> dict[str, float | int | None]:
     }
 
 
-def describe(study: optuna.Study) -> str:
-    s = summary(study)
+def describe(s: dict[str, float | int | None]) -> str:
+    """One line from ``summary``'s figures."""
     hv = "-" if s["hypervolume"] is None else f"{s['hypervolume']:.3f}"
     return f"feasible {s['feasible']}  pareto {s['pareto']}  hv {hv}  failed {s['failed']}"

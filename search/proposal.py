@@ -18,7 +18,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from hrvit_space import ArchConfig, SearchSpace
-from search.samplers import params_key, space_distributions
+from search.parameters import params_key, space_distributions
 from search.storage import write_trial
 
 IN_PLAY = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -26,7 +26,7 @@ PARAMS_WAIT_S = 10.0  # how long a trial waits for an earlier one still in its s
 
 
 def suggest_config(trial: optuna.Trial, space: SearchSpace, user_attrs: dict[str, Any] | None = None) -> ArchConfig:
-    """The sampler proposes one value per knob (``search.samplers.knob_distribution``); the space turns
+    """The sampler proposes one value per knob (``search.parameters.knob_distribution``); the space turns
     them into a config. The knobs and ``user_attrs`` (plus the config's own attributes and the sampler's
     ``screening`` statistics of this proposal) are stored in one write (``search.storage.write_trial``)
     when the sampler proposed every knob at once (all samplers of the search do); an enqueued trial

@@ -60,7 +60,7 @@ def run_search(
             run_worker(settings, study_name, store, n_trials, evaluator=evaluator, callbacks=[bar.update])
         else:
             _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, on_poll=lambda: bar.update(study))
-        bar.update(study)
+        bar.update(study, force=True)
     return optuna.load_study(study_name=study_name, storage=store)
 
 

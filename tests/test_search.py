@@ -243,7 +243,7 @@ def test_load_trials_gives_one_flat_frame_with_units_in_the_column_names(tmp_pat
 
 # --------------------------------------------------------------------------------- hypervolume
 def test_hypervolume_counts_feasible_trials_only():
-    from search.progress import describe, normalized_hypervolume
+    from search.progress import describe, normalized_hypervolume, summary
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for values in ([0.0, 1.0], [1.0, 0.0]):
@@ -255,7 +255,7 @@ def test_hypervolume_counts_feasible_trials_only():
     trial.set_constraint("max_params_m", 1.0)  # infeasible: must not count even though it dominates
     study.tell(trial, [0.5, 0.5])
     assert normalized_hypervolume(study) == pytest.approx(expected)
-    assert "feasible 2  pareto 2" in describe(study)
+    assert "feasible 2  pareto 2" in describe(summary(study))
 
 
 # ------------------------------------------------------------------------------------------ CLI
