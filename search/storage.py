@@ -242,17 +242,21 @@ def write_trial(trial: optuna.Trial, *, params: dict | None = None, user_attrs: 
     """
     params, user_attrs = params or {}, user_attrs or {}
     backend = getattr(trial.storage, "_backend", None)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    try:  # Optuna internals (no public batch write exists): a release that moves them takes the per-item path
+        import sqlalchemy
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        cached = trial._cached_frozen_trial
+        batched = isinstance(backend, optuna.storages.RDBStorage) and hasattr(backend, "_set_trial_attr_without_commit")
+    except (ImportError, AttributeError):
+        batched = False
+    if not batched:
         for name, (value, distribution) in params.items():
             trial._suggest(name, distribution)  # relative/fixed parameters: Optuna returns ``value``
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)
         return
-    import sqlalchemy
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    cached = trial._cached_frozen_trial
     with _create_scoped_session(backend.scoped_session) as session:
         row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
         backend.check_trial_is_updatable(trial._trial_id, row.state)
