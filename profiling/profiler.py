@@ -226,7 +226,7 @@ def _profile_here(request: ProfileRequest, progress: bool = False, model: Callab
         if request.measure_latency:
             latency = measure_runs({"model": prepared.run}, device, threads=threads, max_seconds=request.max_seconds, progress=progress)["model"]
         if request.energy:
-            with cpu_threads(threads):
+            with PhaseProgress("measuring energy (about 10 s: cool-down, idle power, a >= 5 s window)", None, enabled=progress), cpu_threads(threads):
                 energy_result = _measure_energy(prepared.run, request.batch, device)
     except torch.cuda.OutOfMemoryError as error:
         return ProfileResult(**common, fingerprint=device_fingerprint(device, threads), error=f"CUDA out of memory: {error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hrvit_nas import UserError
+from profiling import DEFAULT_MAX_SECONDS
 
 
 def register(subparsers) -> None:
@@ -48,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", default=None, help="cheap-first (default: screens thousands of candidates with exact "
                    "params/FLOPs and predictors, measures the most promising), tpe, nsga2, gp or random")
     p.add_argument("--baselines", action="store_true", help="enqueue the b1/b2/b3 presets (nearest space members) first")
+    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                   help=f"bound of one latency measurement, back-offs included (default {DEFAULT_MAX_SECONDS:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handle_search)
 
@@ -100,6 +103,7 @@ def handle_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         latency_predictor=args.latency_predictor,
         baselines=args.baselines,
+        max_seconds=args.max_seconds,
     )
     study = run_search(
         settings, args.study, args.storage, args.trials,

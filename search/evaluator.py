@@ -121,6 +121,7 @@ class TrialEvaluator:
             request = ProfileRequest(
                 config, device=s.device, input_size=s.input_size, batch=s.batch, runtime=s.runtime, dtype=s.dtype,
                 measure_latency=True, energy=needs_energy, memory=False, counts="analytic",  # a trial records neither
+                max_seconds=s.max_seconds,
             )
             result = profile(request, progress=progress, model=model)
             if result.error:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from hrvit_nas import UserError
 from hrvit_space import SearchSpace
+from profiling import DEFAULT_MAX_SECONDS
 from search.estimators import DEFAULT_ESTIMATOR, estimator_class
 from search.objectives import DEFAULT_OBJECTIVES, check_budgets, get_objective, parse_objectives
 from search.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -39,12 +40,15 @@ class SearchSettings:
     seed: int = 0
     latency_predictor: str | None = None
     baselines: bool = False
+    max_seconds: float | None = DEFAULT_MAX_SECONDS  # bound of one latency measurement (may change on resume)
 
     def __post_init__(self) -> None:
         self.objectives = parse_objectives(self.objectives)
         self.budgets = check_budgets(dict(self.budgets))
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise UserError(f"--max-seconds {self.max_seconds!r}: give a positive number of seconds")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UserError(f"batch {self.batch!r}: it must be a positive integer")
         self.input_size = tuple(self.input_size or self.space.base.input_size)
@@ -97,6 +101,7 @@ class SearchSettings:
             "seed": self.seed,
             "latency_predictor": self.latency_predictor,
             "baselines": self.baselines,
+            "max_seconds": self.max_seconds,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -117,6 +122,7 @@ class SearchSettings:
             seed=data.get("seed", 0),
             latency_predictor=data.get("latency_predictor"),
             baselines=data.get("baselines", False),
+            max_seconds=data.get("max_seconds", DEFAULT_MAX_SECONDS),
         )
 
 

@@ -140,3 +140,27 @@ def test_a_contended_latency_is_flagged_in_records_tables_and_the_pareto_plot(tm
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert (metrics["runtime"], metrics["dtype"], metrics["batch"]) == ("eager", "fp32", 1)  # what the latency means
     assert metrics["measurements"]["latency_contended"]["value"] is True
+
+
+def test_search_max_seconds_bounds_every_measurement_and_is_refused_when_not_positive(tmp_path, monkeypatch, space_file, capsys):
+    """``search --max-seconds`` reaches the profiler's request of every timed trial (the real profiler runs)."""
+    import profiling
+    from search import SearchSettings, run_search
+
+    requests = []
+    real_profile = profiling.profile
+
+    def recording_profile(request, **options):
+        requests.append(request)
+        return real_profile(request, **options)
+
+    monkeypatch.setattr(profiling, "profile", recording_profile)
+    settings = tiny_settings(objectives="latency,params", max_seconds=4.0)
+    assert SearchSettings.from_dict(settings.to_dict()).max_seconds == 4.0  # spawned workers get it too
+    run_search(settings, "bounded", sqlite_url(tmp_path), 2)
+    assert requests and all(r.max_seconds == 4.0 for r in requests)
+    argv = ["search", "--study", "bad", "--run-dir", str(tmp_path / "bad"), "--space", str(space_file), "--device", "cpu",
+            "--objectives", "params,latency", "--no-progress", "--max-seconds", "0"]
+    code, out = run_cli(argv, capsys)
+    assert code == 2 and out.err.startswith("error: --max-seconds 0.0") and "Traceback" not in out.err, out.err
+    assert _study_names(tmp_path / "bad" / "study.db") == []
