@@ -9,9 +9,13 @@ mIoU of an oracle that knows the true mask at 1/4 resolution (0.61 at 64 pixels,
 
 1. Members: ``--members`` (12) of a space whose depths and MLP ratios vary, picked at evenly spaced
    ranks of FLOPs among distinct samples, so they span the space's params/FLOPs range.
-2. Reference: each member trained standalone with one recipe; its validation mIoU curve is logged and
-   the reference score is the plateau (mean of the last two evaluations). The table shows the gain over
-   the last quarter of training, so a reader sees whether the curves had flattened.
+2. Reference: each member trained standalone with one recipe and ``--standalone-seeds`` (2) seeds; its
+   validation mIoU curves are logged and the reference score is the plateau (mean of the last two
+   evaluations) averaged over the seeds. The table shows the gain over the last quarter of training, so
+   a reader sees whether the curves had flattened, and the reference's own reproducibility: Kendall tau
+   between the seeds' rankings and the mean seed-to-seed spread. On 2026-12-02 one member's two seeds
+   differed by as much as the smallest and largest members did; an estimator cannot be judged above the
+   tau the reference reaches against itself.
 3. Supernet variants, each trained with the sandwich rule and in-place distillation, then scored by
    inheritance with BN recalibration: ``sandwich-kl`` (the default recipe), ``bn-5`` (same supernet, 5
    instead of 20 recalibration batches), ``warm-start`` (initialised from the trained largest member),
@@ -24,9 +28,10 @@ mIoU of an oracle that knows the true mask at 1/4 resolution (0.61 at 64 pixels,
    zero-cost tau.
 
 CPU, 2 idle cores, the defaults ``--threads 1 --jobs 1`` (one worker process trains the standalone members while the
-main process trains and scores the supernet): about 60 minutes at ``--scale 1``, 30 with ``--scale 0.5``
-(estimated from the idle per-iteration times of 2026-12-01; on cores shared with other work it is
-slower; the plateau line says whether the standalone curves flattened). A GPU
+main process trains and scores the supernet): about 60 minutes at ``--scale 1`` with one standalone seed,
+30 with ``--scale 0.5`` (estimated from the idle per-iteration times of 2026-12-01; on cores shared with
+other work it is slower; the plateau line says whether the standalone curves flattened); each further
+``--standalone-seeds`` adds the standalone phase once more (``--jobs 2`` runs seeds side by side). A GPU
 user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scale multiplies every
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
@@ -50,7 +55,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
 import torch  # noqa: E402
 
 from hrvit_nas.atomic import atomic_write_text  # noqa: E402
@@ -116,7 +123,7 @@ def spanning_members(space: SearchSpace, count: int, flops) -> list:
 
 def standalone(member, recipe: TrainRecipe, out: Path, device: str) -> dict:
     """Train ``member`` from scratch; its curve, plateau and the gain over the last quarter."""
-    run = out / member.name
+    run = out / f"{member.name}-seed{recipe.seed}"
     train(member, recipe, run, device=device, log=lambda _: None)
     curve = pd.read_csv(run / "eval_history.csv")[["iteration", "miou"]]
     quarter = max(1, len(curve) // 4)
@@ -162,6 +169,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each process")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes training the standalone members "
                         "(alongside the main process, which trains and scores the estimators meanwhile)")
+    parser.add_argument("--standalone-seeds", type=int, default=2, help="seeds per standalone member; the reference is "
+                        "their mean plateau and the table says how well the seeds agree (default 2)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -172,6 +181,8 @@ def main() -> None:
         reused = VARIANTS[name][4]
         if reused and reused not in variants[: variants.index(name)]:
             parser.error(f"variant {name} reuses the {reused} supernet; list {reused} before it")
+    if args.standalone_seeds < 1:
+        parser.error(f"--standalone-seeds {args.standalone_seeds}; allowed: an integer >= 1")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}; allowed: an integer >= 1")
     settings = (SMOKE if args.smoke else Settings()).scaled(args.scale)
@@ -204,7 +215,9 @@ def main() -> None:
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # the standalone members train in worker processes while this one trains and scores the estimators
-        runs = [pool.submit(standalone, member, recipe, out / "standalone", args.device) for member in members]
+        seeds = range(args.standalone_seeds)
+        runs = [[pool.submit(standalone, member, dataclasses.replace(recipe, seed=seed), out / "standalone", args.device) for seed in seeds]
+                for member in members]
         checkpoints: dict[str, Path] = {}
         supernet_scorers: dict[str, SupernetEstimator] = {}
         for name in variants:
@@ -214,7 +227,7 @@ def main() -> None:
                 super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0,
                                                     crop_size=size)
                 checkpoints[name] = train_supernet(space, super_recipe, out / "supernet" / name, device=args.device, distill=distill,
-                                                   random_members=settings.random_members, init=runs[-1].result()["weights"] if warm else None,
+                                                   random_members=settings.random_members, init=runs[-1][0].result()["weights"] if warm else None,
                                                    log=lambda line: log(f"supernet {name}: {line}"))
             scorer = SupernetEstimator(checkpoint=str(checkpoints[reused or name]), batches=batches or settings.bn_batches,
                                        val_samples=settings.val_samples, device=args.device)
@@ -245,10 +258,14 @@ def main() -> None:
         for row, value in zip(rows, predictor.predict(members)):
             row["predictor"] = value
         timings["predictor"] = time.perf_counter() - phase
-        for row, member, run in zip(rows, members, runs):
-            result = run.result()
-            row.update({REFERENCE: result["plateau"], "last_quarter_gain": result["last_quarter_gain"], "curve": json.dumps(result["curve"])})
-            log(f"standalone {member.name}: plateau mIoU {result['plateau']:.4f} (last-quarter gain {result['last_quarter_gain']:+.4f})")
+        for row, member, member_runs in zip(rows, members, runs):
+            results = [run.result() for run in member_runs]
+            plateaus = [r["plateau"] for r in results]
+            row.update({REFERENCE: float(np.mean(plateaus)), "last_quarter_gain": max(r["last_quarter_gain"] for r in results),
+                        "seed_spread": float(np.ptp(plateaus)), "curve": json.dumps([r["curve"] for r in results]),
+                        **{f"seed{seed}": plateau for seed, plateau in zip(seeds, plateaus)}})
+            log(f"standalone {member.name}: plateau mIoU {row[REFERENCE]:.4f} over {len(plateaus)} seed(s) "
+                f"(spread {row['seed_spread']:.4f}, largest last-quarter gain {row['last_quarter_gain']:+.4f})")
     timings["standalone (overlaps the others)"] = time.perf_counter() - submitted
 
     scores = pd.DataFrame(rows)
@@ -265,7 +282,14 @@ def main() -> None:
     zero_cost_tau = float(by_name.loc["zero-cost", "kendall_tau"])
     met = [n for n in variants if by_name.loc[f"supernet:{n}", "kendall_tau"] >= 0.7
            and by_name.loc[f"supernet:{n}", "kendall_tau_low"] > zero_cost_tau]
-    member_table = scores[["member", REFERENCE, "last_quarter_gain", *estimators]].round(4)
+    member_table = scores[["member", REFERENCE, "seed_spread", "last_quarter_gain", *estimators]].round(4)
+    if args.standalone_seeds > 1:
+        seed_tau = scipy.stats.kendalltau(scores["seed0"], scores["seed1"]).statistic
+        seed_line = (f"Reference reproducibility: Kendall tau {seed_tau:.3f} between the rankings of seeds 0 and 1; mean "
+                     f"seed-to-seed spread {scores['seed_spread'].mean():.4f} mIoU against a member range of "
+                     f"{scores[REFERENCE].max() - scores[REFERENCE].min():.4f}.")
+    else:
+        seed_line = "Reference reproducibility: not measured (one standalone seed; use --standalone-seeds 2)."
     unconverged = scores.loc[scores["last_quarter_gain"] >= PLATEAU_GAIN, "member"].tolist()
     plateau_line = (f"Standalone curves: all {len(members)} gained < {PLATEAU_GAIN} mIoU over their last quarter (converged)."
                     if not unconverged else f"Standalone curves NOT converged (gain >= {PLATEAU_GAIN} over the last quarter): "
@@ -282,6 +306,7 @@ def main() -> None:
         "",
         markdown(correlation_table(table)),
         plateau_line,
+        seed_line,
         f"Resolution ceiling: an oracle that knows the true val masks at 1/{HEAD_STRIDE} resolution scores {ceiling:.3f} mIoU; "
         f"standalone plateaus span {scores[REFERENCE].min():.3f}-{scores[REFERENCE].max():.3f}.",
         f"Goal (supernet tau >= 0.7 with its lower bound above the zero-cost tau {zero_cost_tau:.3f}): "
@@ -289,7 +314,7 @@ def main() -> None:
         f"Predictor held out (vs supernet scores, {predictor.metrics['heldout_samples']} of {len(samples)} members): "
         f"tau {_number(predictor.metrics['heldout_kendall_tau'])}, MAE {predictor.metrics['heldout_mae']:.4f}.",
         "",
-        "Per member (standalone plateau, its gain over the last quarter of training, estimator scores):",
+        "Per member (standalone plateau averaged over seeds, the seeds' spread, the largest gain over the last quarter, estimator scores):",
         "",
         markdown(member_table),
     ])
