@@ -3,13 +3,18 @@
 ``one_thread``: modules of tiny models opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 ``new_study_url``: a fresh SQLite study made by ``make_study`` (a study exactly as ``hrvit-nas search``
 stores it, with fake measurements), for the report, export and safety tests; ``data`` reads the
-"tiny" study at the requesting module's ``study_url`` as the reports do.
+"tiny" study at the requesting module's ``study_url`` as the reports do. ``settled_bytes``: an SQLite
+file's bytes for "nothing stored was changed" checks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import random
+import sqlite3
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -23,6 +28,16 @@ from search import SearchSettings, load_or_create_study
 FINGERPRINT = {"device": "cpu", "cpu": "test-cpu", "torch": "2.13.0", "threads": 2}
 LATENCY_BUDGET_MS = 6.0
 COMPONENTS = ("stem", "patch_embed", "attention", "mixcfn", "des", "fusion", "norm", "head")
+
+
+def settled_bytes(db: Path) -> bytes:
+    """``db``'s bytes once every committed page is in the file. An earlier command's connections may still
+    be open; when garbage collection closes the last one, SQLite checkpoints its write-ahead log into the
+    file, which changed the bytes of an untouched study between two reads (a flaky comparison)."""
+    gc.collect()
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db.read_bytes()
 
 
 def tiny_space() -> SearchSpace:

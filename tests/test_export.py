@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import LATENCY_BUDGET_MS, make_study, run_cli, two_branch_space
+from conftest import LATENCY_BUDGET_MS, make_study, run_cli, settled_bytes, two_branch_space
 from search.records import open_study, pareto_trials, trial_config
 from training.bundle import load_bundle
 
@@ -124,7 +124,7 @@ def test_export_refuses_to_overwrite_without_force(study_url, tmp_path, capsys):
 def test_force_never_deletes_the_study_storage(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     make_study(url, name="here", trials=4)
-    before = (tmp_path / "study.db").read_bytes()
+    before = settled_bytes(tmp_path / "study.db")
     assert run_cli(["export", "--study", "here", "--storage", url, "--trial", "1", "--out", str(tmp_path), "--force"]) == 2
     assert "which --force would delete" in capsys.readouterr().err
     assert (tmp_path / "study.db").read_bytes() == before

@@ -14,6 +14,8 @@ from optuna.trial import TrialState
 from hrvit_nas.errors import UserError
 from hrvit_space import ArchConfig, SearchSpace, preset
 
+from conftest import settled_bytes
+
 # Two branches, 32x32 input, 128 members: a trial costs well under a second on one CPU thread.
 TINY_SPACE = {
     "base": {
@@ -313,7 +315,7 @@ def test_cli_malformed_space_file_and_mismatched_resume_keep_the_study(tmp_path,
     base = ["search", "--study", "s", "--run-dir", str(tmp_path), "--space", str(space_file), "--device", "cpu", "--no-progress"]
     assert run_cli([*base, "--objectives", "params,flops", "--trials", "2"], capsys)[0] == 0
     db = tmp_path / "study.db"
-    before = db.read_bytes()
+    before = settled_bytes(db)
     code, out = run_cli([*base, "--objectives", "flops,params", "--trials", "4"], capsys)
     assert code == 2 and "created with other settings" in out.err and "objectives" in out.err
     code, out = run_cli([*base, "--objectives", "params,flops", "--max-params-m", "1", "--trials", "4"], capsys)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+from conftest import settled_bytes
 from test_latency_predictor import QUICK, SPACE
 from test_search import _one_thread_shared_cache, run_cli, space_file, sqlite_url, tiny_settings  # noqa: F401  (fixtures)
 
@@ -23,7 +24,7 @@ def test_runtime_and_dtype_are_stored_and_a_resume_on_another_runtime_is_refused
     db = tmp_path / "study.db"
     settings = open_study("rt", f"sqlite:///{db}").user_attrs["settings"]
     assert (settings["runtime"], settings["dtype"]) == ("compile", "bf16")
-    before = db.read_bytes()
+    before = settled_bytes(db)
     code, out = run_cli([*base, "--dtype", "bf16"], capsys)  # eager: budgets and latencies would mean another thing
     assert code == 2 and "created with other settings" in out.err and "runtime: stored 'compile', now 'eager'" in out.err
     code, out = run_cli([*base, "--runtime", "compile"], capsys)
