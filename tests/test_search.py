@@ -14,8 +14,6 @@ from optuna.trial import TrialState
 from hrvit_nas.errors import UserError
 from hrvit_space import ArchConfig, SearchSpace, preset
 
-from conftest import settled_bytes
-
 # Two branches, 32x32 input, 128 members: a trial costs well under a second on one CPU thread.
 TINY_SPACE = {
     "base": {
@@ -307,6 +305,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, space_file, capsys, extra
 
 
 def test_cli_malformed_space_file_and_mismatched_resume_keep_the_study(tmp_path, space_file, capsys):
+    from conftest import settled_bytes  # here: worker subprocesses import this module with the repo's conftest first on the path
+
     bad_space = tmp_path / "bad.yaml"
     bad_space.write_text("depths: [[[1, 2]]\n")
     code, out = run_cli(["search", "--study", "s", "--space", str(bad_space), "--run-dir", str(tmp_path)], capsys)
