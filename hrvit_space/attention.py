@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrvit_space.layers import LinearBN, TokenLinear, to_nchw, to_nhwc
+from hrvit_space.kernels import run_fastest
+from hrvit_space.layers import LinearBN, TokenLinear, to_nchw, to_nhwc, traced
 
 
 @functools.lru_cache(maxsize=64)
@@ -40,9 +41,27 @@ def strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
     q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
     v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
     mask = _key_padding_mask(batch, strips, length, (window - pad) * width, q.device) if pad else None
-    out = F.scaled_dot_product_attention(q, v, v, attn_mask=mask)
+    out = _attend(q, v, mask)
     out = out.transpose(1, 2).reshape(batch, height + pad, width, channels)
     return out[:, :height] if pad else out
+
+
+def _explicit_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q v^T / sqrt(d)) v with the scores materialised: faster than fused SDPA at some strip
+    shapes on some CPUs (``hrvit_space.kernels``); only used without autograd (it keeps the scores)."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, v.transpose(-2, -1))
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v)
+
+
+def _attend(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of (N, heads, L, d) queries over keys = values ``v``, by the kernel measured faster."""
+    fused = lambda: F.scaled_dot_product_attention(q, v, v, attn_mask=mask)  # noqa: E731
+    if torch.is_grad_enabled() or traced() or not q.is_cpu or q.dtype != torch.float32:
+        return fused()
+    return run_fastest(("attention", q.shape, q.stride(), mask is not None),
+                       {"fused": fused, "explicit": lambda: _explicit_attention(q, v, mask)})
 
 
 class CrossShapedAttention(nn.Module):

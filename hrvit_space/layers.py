@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from hrvit_space.config import ConfigError
+from hrvit_space.kernels import run_fastest
 
 
 def to_nchw(x: Tensor) -> Tensor:
@@ -33,14 +34,11 @@ def gelu_nchw(x: Tensor) -> Tensor:
     return to_nchw(F.gelu(to_nhwc(x)))
 
 
-# PyTorch runs nn.Linear, and a 1x1 convolution of one image on one thread, through BLAS sgemm; it picks
-# oneDNN only for dilated, strided or multi-threaded convolutions whose input is a batch or has more than
-# 20480 elements (``use_mkldnn`` in aten/src/ATen/native/ConvUtils.h). On the AMD EPYC dev machine MKL's
-# sgemm runs AVX2 code while oneDNN uses AVX-512: its 1x1 kernels took 1.9-3.6x less time at HRViT's shapes
-# (3136x64->512 tokens: 0.91 vs 3.25 ms, 1 thread), so those inputs call oneDNN's convolution directly.
+# PyTorch runs nn.Linear, and a 1x1 convolution of one image on one thread, through BLAS sgemm; oneDNN's
+# convolution computes the same 1x1 map. Which is faster at HRViT's shapes depends on the host (1.9-3.6x
+# either way measured on two EPYC VMs, ``hrvit_space.kernels``), so each shape gets the one measured faster.
 # (A 1x1 conv with dilation 2 also reaches oneDNN, but its kernel for dilated convs took 3-12x longer on
 # maps of 16x16 and below: 7x7x384->1152 3.5 vs 0.8 ms.) Traces (fvcore counts, ONNX, TorchScript) keep the plain ops.
-_ONEDNN_MIN_ELEMENTS = 20480
 
 
 def traced() -> bool:
@@ -49,27 +47,38 @@ def traced() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
 
 
-def _onednn_pays(x: Tensor) -> bool:
-    return ((x.shape[0] > 1 or x.numel() > _ONEDNN_MIN_ELEMENTS) and x.dim() == 4 and x.dtype == torch.float32
-            and x.is_cpu and torch.backends.mkldnn.enabled and not traced())
+def _tunable(x: Tensor) -> bool:
+    return (x.dim() == 4 and x.dtype == torch.float32 and x.is_cpu and torch.backends.mkldnn.enabled
+            and not traced())
 
 
 def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.mkldnn_convolution(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias, (0, 0), (1, 1), (1, 1), 1)
 
 
+def _blas_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The 1x1 conv of a (B, C, H, W) map as ``F.linear`` on its (B, H, W, C) view (channels-last out)."""
+    return to_nchw(F.linear(to_nhwc(x), weight if weight.dim() == 2 else weight.flatten(1), bias))
+
+
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """1x1 convolution of a (B, C, H, W) map; ``weight`` is (C_out, C_in, 1, 1) or (C_out, C_in)."""
-    if _onednn_pays(x):
-        return _onednn_pointwise(x, weight, bias)
+    if _tunable(x):
+        return run_fastest(("pointwise", x.shape, x.stride(), weight.shape[0]), {
+            "blas": lambda: _blas_pointwise(x, weight, bias),
+            "onednn": lambda: _onednn_pointwise(x, weight, bias),
+        })
     return F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
 
 
 def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` over the channels of (B, H, W, C) tokens, run as a 1x1 conv of their channels-last view
-    where oneDNN is faster; any other input goes to ``F.linear``."""
-    if _onednn_pays(x):
-        return to_nhwc(_onednn_pointwise(to_nchw(x), weight, bias))
+    """``F.linear`` over the channels of (B, H, W, C) tokens, or the same map as oneDNN's 1x1 conv of
+    their channels-last view where that was measured faster (``pointwise_conv``)."""
+    if _tunable(x):
+        return run_fastest(("linear", x.shape, x.stride(), weight.shape[0]), {
+            "blas": lambda: F.linear(x, weight, bias),
+            "onednn": lambda: to_nhwc(_onednn_pointwise(to_nchw(x), weight, bias)),
+        })
     return F.linear(x, weight, bias)
 
 

@@ -3,11 +3,14 @@ compute what nn.Linear / nn.Conv2d compute."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrvit_space import kernels
 from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.layers import Conv1x1, MixCFN, TokenLinear
 from hrvit_space.model import Block, Branch, HRViT
@@ -166,14 +169,57 @@ def test_token_linear_and_conv1x1_equal_the_plain_layers_with_gradients(shape):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: what the exporters still use
-def test_large_single_image_pointwise_layers_run_on_onednn_and_traces_keep_plain_ops():
-    """The speed-up: one image on one thread would go to BLAS for nn.Linear and a 1x1 nn.Conv2d."""
+@pytest.mark.parametrize("choice, op", [("onednn", "aten::mkldnn_convolution"), ("blas", "aten::addmm")])
+def test_pointwise_layers_run_the_chosen_kernel_and_traces_keep_plain_ops(monkeypatch, choice, op):
+    """Each shape runs the kernel chosen for it (measured once, ``hrvit_space.kernels``); oneDNN is called
+    directly, never through a dilated conv2d (its dilated kernel took 3-12x longer on small maps)."""
+    monkeypatch.setattr(kernels, "_choices", {})
+    monkeypatch.setattr(kernels, "_measure", lambda candidates: choice)
     linear, x = TokenLinear(16, 24), torch.randn(1, 56, 56, 16)
+    conv = Conv1x1(16, 24)
     with torch.profiler.profile() as prof, torch.no_grad():
-        linear(x)
-        Conv1x1(16, 24)(x.permute(0, 3, 1, 2))
+        out = linear(x)
+        conv_out = conv(x.permute(0, 3, 1, 2))
     ops = {event.key for event in prof.key_averages()}
-    # called directly, not through a dilated conv2d (oneDNN's dilated kernel took 3-12x longer on small maps)
-    assert "aten::mkldnn_convolution" in ops and "aten::convolution" not in ops
+    assert op in ops and "aten::convolution" not in ops
+    assert {value for value in kernels.chosen_kernels().values()} == {choice}
+    torch.testing.assert_close(out, F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    nchw = x.permute(0, 3, 1, 2)
+    torch.testing.assert_close(conv_out, F.conv2d(nchw, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
     traced = torch.jit.trace(linear, x)  # what fvcore counts and ONNX exports: the plain op
     assert "aten::linear" in str(traced.graph) and "conv" not in str(traced.graph)
+
+
+def test_kernel_choice_measures_once_per_key_and_keeps_the_default_unless_clearly_faster(monkeypatch):
+    monkeypatch.setattr(kernels, "_choices", {})
+    calls = {"default": 0, "slow": 0, "fast": 0}
+
+    def candidate(name, seconds):
+        def run():
+            calls[name] += 1
+            time.sleep(seconds)
+            return torch.tensor(float(len(name)))
+        return run
+
+    slower = {"default": candidate("default", 0.002), "slow": candidate("slow", 0.006)}
+    assert kernels.run_fastest(("k", 1), slower).item() == len("default")
+    faster = {"default": candidate("default", 0.006), "fast": candidate("fast", 0.0)}
+    assert kernels.run_fastest(("k", 2), faster).item() == len("fast")
+    measured = dict(calls)
+    kernels.run_fastest(("k", 2), faster)  # the second call with a key runs only the winner
+    assert calls["fast"] == measured["fast"] + 1 and calls["default"] == measured["default"]
+    monkeypatch.setenv("HRVIT_NAS_KERNELS", "first")
+    assert kernels.run_fastest(("k", 3), faster).item() == len("default")  # measurement off: the default
+
+
+@pytest.mark.parametrize("window", [2, 3])  # 3 does not divide the 7x9 map: the masked last strip
+def test_explicit_and_fused_attention_kernels_agree(monkeypatch, window):
+    attention = randomise(CrossShapedAttention(DIM, 4, window)).eval()
+    x = tokens()
+    outputs = {}
+    for choice in ("fused", "explicit"):
+        monkeypatch.setattr(kernels, "_choices", {})
+        monkeypatch.setattr(kernels, "_measure", lambda candidates, choice=choice: choice if choice in candidates else next(iter(candidates)))
+        with torch.no_grad():
+            outputs[choice] = attention(x)
+    torch.testing.assert_close(outputs["explicit"], outputs["fused"], rtol=1e-5, atol=1e-5)
