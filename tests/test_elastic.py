@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrvit_space import kernels
+from hrvit_space import kernels, layers
 from hrvit_space.attention import CrossShapedAttention
 from hrvit_space.layers import Conv1x1, MixCFN, TokenLinear
 from hrvit_space.model import Block, Branch, HRViT
@@ -212,14 +212,26 @@ def test_kernel_choice_measures_once_per_key_and_keeps_the_default_unless_clearl
     assert kernels.run_fastest(("k", 3), faster).item() == len("default")  # measurement off: the default
 
 
+def run_with_kernel(monkeypatch, choice: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` without autograd, every tunable op running ``choice`` where it is a candidate."""
+    monkeypatch.setattr(kernels, "_choices", {})
+    monkeypatch.setattr(kernels, "_measure", lambda candidates: choice if choice in candidates else next(iter(candidates)))
+    with torch.no_grad():
+        return module(x)
+
+
 @pytest.mark.parametrize("window", [2, 3])  # 3 does not divide the 7x9 map: the masked last strip
 def test_explicit_and_fused_attention_kernels_agree(monkeypatch, window):
     attention = randomise(CrossShapedAttention(DIM, 4, window)).eval()
     x = tokens()
-    outputs = {}
-    for choice in ("fused", "explicit"):
-        monkeypatch.setattr(kernels, "_choices", {})
-        monkeypatch.setattr(kernels, "_measure", lambda candidates, choice=choice: choice if choice in candidates else next(iter(candidates)))
-        with torch.no_grad():
-            outputs[choice] = attention(x)
+    outputs = {choice: run_with_kernel(monkeypatch, choice, attention, x) for choice in ("fused", "explicit")}
     torch.testing.assert_close(outputs["explicit"], outputs["fused"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(layers._FUSED_CONV is None, reason="torch built without oneDNN's fused conv")
+def test_mixcfn_fused_depthwise_gelu_equals_conv_then_gelu(monkeypatch):
+    mlp = randomise(MixCFN(DIM, HIDDEN)).eval()
+    x = tokens(height=14, width=14)
+    outputs = {choice: run_with_kernel(monkeypatch, choice, mlp, x) for choice in ("separate", "fused")}
+    assert any(key[0] == "depthwise5-gelu" and value == "fused" for key, value in kernels.chosen_kernels().items())
+    torch.testing.assert_close(outputs["fused"], outputs["separate"], rtol=1e-5, atol=1e-5)
