@@ -160,7 +160,7 @@ def profile(
         if store is not None and (hit := store.get(key)) is not None:
             return dataclasses.replace(hit, cached=True)
         _check_memory(request.config, request.input_size, request.batch, request.device)
-        result = _profile_isolated(request, timeout_s) if isolate else _profile_here(request, progress=progress, model=model)
+        result = _profile_isolated(request, timeout_s, progress) if isolate else _profile_here(request, progress=progress, model=model)
         if store is not None and result.error is None and not result.contended:
             store.put(key, result)
         return result
@@ -248,18 +248,21 @@ def _measure_energy(run: Any, batch: int, device: torch.device) -> EnergyResult:
         monitor.close()
 
 
-def _profile_isolated(request: ProfileRequest, timeout_s: float | None) -> ProfileResult:
-    """Run ``_profile_here`` in a fresh interpreter; any failure comes back as ``error``."""
+def _profile_isolated(request: ProfileRequest, timeout_s: float | None, progress: bool = False) -> ProfileResult:
+    """Run ``_profile_here`` in a fresh interpreter; any failure comes back as ``error``. With ``progress``
+    the child shares this terminal's stderr, so its progress line shows (and its messages stay there)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="hrvit-profile-") as tmp:
         out = Path(tmp) / "result.json"
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "profiling.isolated", str(out)], input=json.dumps(request.to_dict()), text=True,
-                capture_output=True, env=env, timeout=timeout_s, check=False,
+                [sys.executable, "-m", "profiling.isolated", str(out), *(["--progress"] if progress else [])],
+                input=json.dumps(request.to_dict()), text=True, stdout=subprocess.DEVNULL,
+                stderr=None if progress else subprocess.PIPE, env=env, timeout=timeout_s, check=False,
             )
+            messages = done.stderr.strip()[-2000:] if done.stderr is not None else "its messages are above"
             failure = None if done.returncode == 0 and out.is_file() else (
-                f"profiling subprocess exited with code {done.returncode}: {done.stderr.strip()[-2000:]}"
+                f"profiling subprocess exited with code {done.returncode}: {messages}"
             )
         except subprocess.TimeoutExpired:
             failure = f"profiling subprocess exceeded its {timeout_s} s timeout"

@@ -269,3 +269,16 @@ def test_cli_build_predictor_writes_a_loadable_predictor(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["out"] == str(out) and sum(summary["alphas"]) > 0 and summary["runtime"] == "eager"
     assert LatencyPredictor.load(out).predict(TINY_SPACE.largest()) > 0
+
+
+def test_isolated_profile_with_progress_shares_stderr_and_still_reports_failures(monkeypatch, capfd, tmp_path):
+    """``profile --isolate`` shows the child's progress line, so the child writes to this stderr."""
+    isolated = profile(TINY, isolate=True, progress=True, cache=None, **FAST)
+    assert isolated.error is None and isolated.macs == profile(TINY, cache=None, **FAST).macs
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\necho 'child crashed: out of memory' >&2\nexit 3\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr("profiling.profiler.sys.executable", str(crashing))
+    broken = profile(TINY, isolate=True, progress=True, cache=None, **FAST)
+    assert broken.error and "code 3" in broken.error and "its messages are above" in broken.error
+    assert "child crashed: out of memory" in capfd.readouterr().err  # the child's own message reached the terminal
