@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig
-from training.checkpoint import CheckpointError, load_foreign_checkpoint, save_checkpoint, seed_everything
+from training.checkpoint import CheckpointError, load_foreign_checkpoint, seed_everything
 from training.distributed import init_distributed
 from training.loop import BEST_FORMAT, TRAIN_FORMAT, EvalFn, run_training
 from training.optim import Precision, segmentation_loss
@@ -45,7 +45,7 @@ def train(
     (for custom datasets in Python).
     """
     from hrvit_space import HRViT
-    from training.bundle import CONFIG_FILE, RECIPE_FILE, WEIGHTS_FILE
+    from training.bundle import Bundle, load_bundle
     from training.data import DatasetSpec
 
     ctx = init_distributed(device)
@@ -66,9 +66,7 @@ def train(
 
     out_dir = Path(out_dir)
     if ctx.is_main and not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config.save(out_dir / CONFIG_FILE)
-        recipe.save(out_dir / RECIPE_FILE)
+        Bundle(config, recipe, None).write(out_dir)  # a bundle from the start: `train --resume` and `export` read it
 
     def step(trained: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, precision: Precision, iteration: int) -> float:
         with precision.autocast():
@@ -82,8 +80,8 @@ def train(
     history = run_training(model, recipe, out_dir, train_set, step, evaluate=evaluate, meta=meta, resume=resume, ctx=ctx,
                            class_names=getattr(val_set, "class_names", None), keep_last=keep_last,
                            log_interval=log_interval, progress=progress, save_on_signal=True, log=log)
-    if ctx.is_main:
-        save_checkpoint(out_dir / WEIGHTS_FILE, model.state_dict())
+    if ctx.is_main:  # the final weights beside the latest evaluation (metrics.json, written by training.run_log)
+        Bundle(config, recipe, None, load_bundle(out_dir).metrics).write(out_dir, weights=model.state_dict())
     return history[-1] if history else {}
 
 
