@@ -9,7 +9,7 @@ from hrvit_nas import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "profiling.analytic": ("AnalyticCounts", "analytic_counts"),
     "profiling.cache": ("CacheCorruptError", "ProfileCache", "default_cache_path"),
-    "profiling.choices": ("DEFAULT_MAX_SECONDS",),
+    "profiling.choices": ("DEFAULT_MAX_SECONDS", "check_max_seconds"),
     "profiling.counting": ("FlopReport", "count_flops", "count_params"),
     "profiling.device": ("DTYPES", "autocast", "check_dtype", "resolve_device", "synchronize"),
     "profiling.energy": ("EnergyMonitor", "EnergyUnavailable", "measure_energy", "open_backend"),

@@ -26,7 +26,7 @@ from hrvit_nas import UserError
 from hrvit_space import ArchConfig
 from profiling.analytic import analytic_counts
 from profiling.cache import ProfileCache, cache_key
-from profiling.choices import DEFAULT_MAX_SECONDS
+from profiling.choices import DEFAULT_MAX_SECONDS, check_max_seconds
 from profiling.counting import count_flops, count_params
 from profiling.device import check_dtype, resolve_device
 from profiling.energy import (
@@ -88,8 +88,7 @@ class ProfileRequest:
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
             raise UserError(f"batch {self.batch!r} is invalid; give a positive integer")
         threads = default_threads() if self.threads is None else check_threads(self.threads)
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise UserError(f"max_seconds {self.max_seconds!r} is invalid; give a positive number of seconds")
+        check_max_seconds(self.max_seconds)
         if self.counts not in COUNTS:
             raise UserError(f"counts {self.counts!r}: choose from {', '.join(COUNTS)}")
         check_runtime(self.runtime, resolved, self.dtype)

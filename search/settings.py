@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from hrvit_nas import UserError
 from hrvit_space import SearchSpace
-from profiling import DEFAULT_MAX_SECONDS
+from profiling import DEFAULT_MAX_SECONDS, check_max_seconds
 from search.estimators import DEFAULT_ESTIMATOR, estimator_class
 from search.objectives import DEFAULT_OBJECTIVES, check_budgets, get_objective, parse_objectives
 from search.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -47,8 +47,7 @@ class SearchSettings:
         self.budgets = check_budgets(dict(self.budgets))
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise UserError(f"--max-seconds {self.max_seconds!r}: give a positive number of seconds")
+        check_max_seconds(self.max_seconds, "--max-seconds")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UserError(f"batch {self.batch!r}: it must be a positive integer")
         self.input_size = tuple(self.input_size or self.space.base.input_size)
