@@ -325,10 +325,11 @@ def trial_breakdowns(data: StudyData, numbers: list[int]) -> dict[int, dict[str,
 
 
 def _count_breakdowns(trial: Any) -> dict[str, dict[str, float]]:
-    from profiling import profile
+    """Exact counts from the config alone (microseconds; no model is built or traced)."""
+    from profiling import analytic_counts
     from search import trial_config
 
-    counts = profile(trial_config(trial), device="cpu", measure_latency=False, energy=False, cache=None)
+    counts = analytic_counts(trial_config(trial))
     return {
         "params_m_by_branch": {k: v / 1e6 for k, v in counts.params_by_branch.items()},
         "gmacs_by_branch": {k: v / 1e9 for k, v in counts.macs_by_branch.items()},
