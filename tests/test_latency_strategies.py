@@ -93,5 +93,22 @@ def test_timing_strategy_by_name_with_overrides_and_unknown_names_refused():
     assert quick.trials == 3 and quick.trial_s == latency.STRATEGIES["blocked"].trial_s
     assert latency.timing_strategy().name == latency.DEFAULT_STRATEGY
     assert latency.timing_strategy("fixed", trials=50).max_trials == 50  # max_trials never below trials
-    with pytest.raises(UserError, match="unknown; choose one of fixed, steady, blocked"):
+    with pytest.raises(UserError, match="unknown; choose one of fixed, steady, blocked, precise"):
         latency.timing_strategy("fastest")
+
+
+def test_precise_strategy_times_until_half_the_instability_bound(clock, tmp_path):
+    """Trials that scatter by ~8% (a VM's single-call noise): ``steady`` stops once the median's estimated
+    error is <= 2%, ``precise`` goes on to <= 1% (about 4x the trials), and both report the same median."""
+    scatter = [0.92, 1.08, 1.0, 0.95, 1.05, 1.1, 0.9, 1.0]
+
+    def noisy(i: int) -> float:
+        return 0.1 * scatter[(i * 5) % len(scatter)]
+
+    stats = {name: measure({"model": clock.call(noisy)}, tmp_path, strategy=name, warmup_s=0.1)["model"]
+             for name in ("steady", "precise")}
+    errors = {name: latency.median_relative_error(sorted(s.samples)) for name, s in stats.items()}
+    assert errors["steady"] <= latency.STABLE_RELATIVE_ERROR
+    assert errors["precise"] <= latency.STRATEGIES["precise"].target_error < errors["steady"]
+    assert stats["precise"].n >= 3 * stats["steady"].n
+    assert stats["precise"].median == pytest.approx(stats["steady"].median, rel=0.05)
