@@ -42,9 +42,11 @@ def gelu_nchw(x: Tensor) -> Tensor:
 
 
 def traced() -> bool:
-    """Inside ``torch.jit.trace`` (fvcore, ONNX, TorchScript), ``torch.compile`` or a dispatch mode
-    (``FlopCounterMode``, fake tensors): emit the plain ops, whose counts are the architecture's."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+    """Inside ``torch.jit.trace`` (fvcore, ONNX, TorchScript), ``torch.compile``, a dispatch mode
+    (``FlopCounterMode``, fake tensors) or a torch-function mode (the zero-cost estimator's activation
+    recorder): emit the plain ops, whose counts and activations are the architecture's."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch._C._is_torch_function_mode_enabled())
 
 
 def _tunable(x: Tensor) -> bool:
