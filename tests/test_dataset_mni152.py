@@ -28,6 +28,22 @@ def test_slices_are_real_image_mask_pairs_with_four_classes():
     assert normalised.dtype == torch.float32 and torch.equal(same_mask, train.raw(0)[1])
 
 
+def test_classes_3_merges_csf_into_background_and_keeps_the_tissues():
+    four, three = DatasetSpec.parse("mni152:size=32"), DatasetSpec.parse("mni152:size=32,classes=3")
+    assert (four.num_classes, three.num_classes) == (4, 3) and DatasetSpec.from_dict(three.to_dict()) == three
+    original, merged = build_dataset(four, "train"), build_dataset(three, "train")
+    assert merged.class_names == list(mni152.MERGED_CLASS_NAMES) and merged.num_classes == 3
+    assert torch.equal(merged.images, original.images)
+    # Background and CSF become label 0; grey and white matter keep their pixels as labels 1 and 2.
+    assert torch.equal(merged.masks == 0, original.masks <= 1)
+    assert torch.equal(merged.masks == 1, original.masks == 2) and torch.equal(merged.masks == 2, original.masks == 3)
+    assert original.masks.max() == 3  # merging did not alter the cached 4-class slices
+    with pytest.raises(DatasetError, match="classes=5; allowed: 4"):
+        DatasetSpec.parse("mni152:classes=5")
+    with pytest.raises(DatasetError, match="has 3 classes"):
+        DatasetSpec(kind="mni152", num_classes=4, options={"classes": 3})
+
+
 def test_split_by_slab_keeps_a_gap_between_train_and_val():
     split = mni152.split_slices(40, slab=4)
     assert split["val"] == [12, 13, 14, 15, 28, 29, 30, 31]

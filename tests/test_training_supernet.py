@@ -58,6 +58,18 @@ def test_distillation_loss_is_zero_only_when_student_matches_teacher():
     assert distillation_loss(hard_target, teacher, "hard").item() < 1e-6
 
 
+def test_labels_mode_trains_every_member_on_the_labels(tmp_path):
+    recipe = TrainRecipe.for_spec(SPEC, iterations=2, batch_size=4, eval_interval=0, checkpoint_interval=0)
+    path = train_supernet(SearchSpace.from_dict(TINY_SPACE), recipe, tmp_path, device="cpu", random_members=1, distill="labels",
+                          log=lambda _: None)
+    assert load_supernet(path)[1].base.head.num_classes == 4
+    losses = [float(line.split(",")[1]) for line in (tmp_path / "train_log.csv").read_text().splitlines()[1:]]
+    # Three members each add a label cross-entropy near ln(4) at the start (distillation would add ~0 for clones).
+    assert losses and losses[0] > 3 * 0.8 * math.log(4), losses
+    with pytest.raises(UserError, match="allowed: kl, hard, labels"):
+        train_supernet(SearchSpace.from_dict(TINY_SPACE), recipe, tmp_path / "bad", device="cpu", distill="soft")
+
+
 def test_supernet_trains_and_its_estimator_scores_members(trained_supernet):
     supernet, space, recipe = load_supernet(trained_supernet)
     assert recipe.iterations == 16 and space.base.head.num_classes == 4

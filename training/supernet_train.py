@@ -1,7 +1,7 @@
 """Weight-sharing supernet training with the sandwich rule and in-place distillation (BigNAS / OFA style).
 
 Each step trains the largest member on the labels, then the smallest and ``random_members`` random
-members against the largest member's soft predictions; gradients of all members add up before one
+members against the largest member's soft predictions (``distill="labels"``: on the labels too); gradients of all members add up before one
 optimizer step. Members are drawn from ``(seed, iteration)``, so every process picks the same ones and
 a resumed run picks the same ones as an uninterrupted run.
 """
@@ -26,7 +26,9 @@ from training.trainer import (
 )
 
 SUPERNET_FILE = "supernet.pt"
-DISTILL_MODES = ("kl", "hard")
+# kl / hard: in-place distillation from the largest member; labels: every member learns from the labels
+# (no distillation; the ablation that says whether distillation is what makes members score alike).
+DISTILL_MODES = ("kl", "hard", "labels")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str) -> torch.Tensor:
@@ -98,7 +100,7 @@ def train_supernet(
             net.set_active(member)
             with precision.autocast():
                 logits = trained(images)
-            if teacher is None:
+            if teacher is None or distill == "labels":
                 loss = segmentation_loss(logits, masks, spec.ignore_index)
                 teacher = logits.detach()
             else:

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from training.data.errors import DatasetError
-from training.data.mni152 import CLASS_NAMES as MNI152_CLASSES
+from training.data.mni152 import class_names as mni152_class_names
 from training.data.mni152 import OPTIONS as MNI152_OPTIONS
 from training.data.mni152 import MNI152Slices
 from training.data.synthetic import SyntheticSegmentation
@@ -45,7 +45,7 @@ FOLDER_LAYOUT = "folder layout: classes.txt, images/{train,val}/*.png|jpg, masks
 SPEC_FORMS = (
     "synthetic",
     "synthetic:num_samples=256,val_samples=64,size=64,seed=0,num_classes=4",
-    "mni152:size=64,slab=8 (brain slices shipped in the nilearn wheel)",
+    "mni152:size=64,slab=8,classes=4 (brain slices shipped in the nilearn wheel; classes=3 merges CSF into background)",
     "ade20k:/path/to/ADEChallengeData2016",
     "cityscapes:/path/to/cityscapes",
     "folder:/path/to/dataset (classes.txt, images/{train,val}, masks/{train,val})",
@@ -97,7 +97,7 @@ class DatasetSpec:
     """Which dataset to read: ``kind``, ``root`` and the derived ``num_classes``.
 
     ``options`` only applies to the kinds without a root: ``synthetic`` (num_samples, val_samples, size,
-    seed, num_classes) and ``mni152`` (size, slab).
+    seed, num_classes) and ``mni152`` (size, slab, classes).
     """
 
     kind: str
@@ -129,7 +129,7 @@ class DatasetSpec:
         derived = self._derive_num_classes() if self.num_classes is None else self.num_classes
         if not isinstance(derived, int) or isinstance(derived, bool) or derived < 1:
             raise DatasetError(f"num_classes={derived!r}; use a positive integer or leave it out to derive it")
-        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES), "mni152": len(MNI152_CLASSES)}.get(self.kind)
+        fixed = {"ade20k": len(ADE20K_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES), "mni152": self._derive_num_classes()}.get(self.kind)
         if self.kind == "synthetic":
             fixed = self.options.get("num_classes")
         if fixed is not None and derived != fixed:
@@ -147,7 +147,7 @@ class DatasetSpec:
         if self.kind == "folder":  # a stored spec carries num_classes, so only new specs need the data here
             return len(_read_class_list(Path(self.root)))
         if self.kind == "mni152":
-            return len(MNI152_CLASSES)
+            return len(mni152_class_names(self.options.get("classes", MNI152_OPTIONS["classes"])))
         return self.options.get("num_classes", SYNTHETIC_OPTIONS["num_classes"])
 
     @classmethod
@@ -348,7 +348,8 @@ def build_dataset(spec: DatasetSpec, split: str, transform: Callable | None = No
             transform=transform,
         )
     if spec.kind == "mni152":
-        return MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform)
+        return MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform,
+                            classes=spec.option("classes"))
     reader = {"ade20k": ade20k, "cityscapes": cityscapes, "folder": folder}[spec.kind]
     dataset = reader(spec.root, split, spec.ignore_index, transform)
     if dataset.num_classes != spec.num_classes:

@@ -8,7 +8,8 @@ read them with nibabel (nilearn's reader) without importing nilearn, which would
 
 Each axial slice with at least ``MIN_BRAIN_FRACTION`` brain becomes one image/mask pair: the T1 slice
 as a grey image, and per pixel the most probable of 4 classes: 0 background (outside the brain),
-1 CSF/other (in the brain, neither tissue), 2 grey matter, 3 white matter. Slices are cropped to the
+1 CSF/other (in the brain, neither tissue), 2 grey matter, 3 white matter; with the option ``classes=3``
+CSF/other joins background (labels 0 background/CSF, 1 grey, 2 white matter). Slices are cropped to the
 brain's bounding box, padded square and resized to ``size`` (area interpolation of intensities and
 probabilities, labels taken after resizing). Neighbouring slices are nearly identical, so the split is
 by slab: consecutive runs of ``slab`` slices, every fourth run is validation, and the ``GAP`` training
@@ -33,8 +34,13 @@ from training.data.errors import DatasetError
 from training.data.transforms import EvalTransform
 
 CLASS_NAMES = ("background", "csf/other", "grey matter", "white matter")
+# classes=3 merges CSF/other into background: CSF (3.4% of pixels, thin sulci and ventricles) is the
+# class a small model learns late and by chance, so its IoU swings 0.00-0.12 between seeds of one member
+# (2026-12-02 pilots) and can dominate a ranking of architectures; the merged task keeps the tissue classes.
+MERGED_CLASS_NAMES = ("background/csf", "grey matter", "white matter")
+CLASS_COUNTS = (3, 4)
 FILES = {volume: f"nilearn/datasets/data/mni_icbm152_{volume}_tal_nlin_sym_09a_converted.nii.gz" for volume in ("t1", "gm", "wm")}
-OPTIONS = {"size": 64, "slab": 8}
+OPTIONS = {"size": 64, "slab": 8, "classes": 4}
 MIN_BRAIN_FRACTION = 0.05
 VAL_EVERY = 4  # every fourth slab is validation (a quarter of the slices)
 GAP = 2  # training slices dropped on each side of a validation slab
@@ -58,6 +64,13 @@ def _volumes() -> dict[str, np.ndarray]:
             raise DatasetError(f"the installed nilearn lacks {relative}; reinstall it: pip install --force-reinstall nilearn")
         volumes[volume] = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32) / 255.0
     return volumes
+
+
+def class_names(classes: int) -> tuple[str, ...]:
+    """The class names of the ``classes``-class task (4: as labelled; 3: CSF/other merged into background)."""
+    if classes not in CLASS_COUNTS:
+        raise DatasetError(f"mni152 option classes={classes}; allowed: 4 (background, CSF, grey, white matter) or 3 (CSF merged into background)")
+    return CLASS_NAMES if classes == 4 else MERGED_CLASS_NAMES
 
 
 def split_slices(count: int, slab: int) -> dict[str, list[int]]:
@@ -96,16 +109,19 @@ def slices(size: int, slab: int, split: str) -> tuple[torch.Tensor, torch.Tensor
 
 
 class MNI152Slices(Dataset):
-    """Axial slices of the MNI ICBM152 2009a template with 4 tissue classes (see the module docstring).
+    """Axial slices of the MNI ICBM152 2009a template with 4 (or 3) tissue classes (see the module docstring).
 
     Yields ``(image float[3, H, W] normalised, mask int64[H, W])`` like the other readers; the grey
     image is repeated on 3 channels so ImageNet-style models and transforms apply unchanged.
     """
 
-    def __init__(self, split: str, size: int = OPTIONS["size"], slab: int = OPTIONS["slab"], transform: Callable | None = None) -> None:
+    def __init__(self, split: str, size: int = OPTIONS["size"], slab: int = OPTIONS["slab"], transform: Callable | None = None,
+                 classes: int = OPTIONS["classes"]) -> None:
+        self.class_names = list(class_names(classes))
         self.images, self.masks = slices(size, slab, split)
-        self.class_names = list(CLASS_NAMES)
-        self.num_classes = len(CLASS_NAMES)
+        if classes == 3:  # CSF/other (1) joins background (0); grey and white matter move down to 1 and 2
+            self.masks = (self.masks - 1).clamp(min=0)
+        self.num_classes = len(self.class_names)
         self.transform = transform if transform is not None else EvalTransform()
 
     def __len__(self) -> int:
