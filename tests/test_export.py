@@ -187,3 +187,9 @@ def test_onnx_and_torchscript_match_pytorch(small_url, tmp_path):
     checks = json.loads((out / "metrics.json").read_text())["export_checks"]
     assert checks["onnx_max_abs_diff"] < 1e-4 and checks["torchscript_max_abs_diff"] < 1e-4
     assert (out / "model.onnx").stat().st_size > 0 and (out / "model.ts").stat().st_size > 0
+    # what a deployer loads is the inference form, frozen: no BatchNorm left, weights inlined as constants
+    deployed = torch.jit.load(str(out / "model.ts"))
+    assert not list(deployed.parameters()) and "batch_norm" not in str(deployed.graph)
+    import onnx
+
+    assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
