@@ -12,9 +12,12 @@ not reach the baseline).
 
 Columns: ``ours`` is the plain model (training-capable; its traced FLOPs are the architecture's);
 ``inference`` is ``optimize_for_inference`` (BN folded, SegFormer fuse conv merged into the branch
-projections). For each input size and model the three run interleaved (each once per round) at every
-thread count, medians reported, so machine noise hits all alike. Outputs are checked equal first. Runs
-under ``torch.inference_mode``. Goals: ours >= 1.6x, inference >= 2x the reference-style model.
+projections); ``deployed`` is the TorchScript file ``hrvit-nas export --torchscript`` writes (that
+inference form, traced and frozen, loaded back). For each input size and model the four run interleaved
+(each once per round) at every thread count, medians reported, so machine noise hits all alike. Outputs
+are checked equal first. Runs under ``torch.inference_mode``. Eager kernels are chosen per shape by
+measurement (``hrvit_space.kernels``) on the first call, in the warm-up round. Goals: ours >= 1.6x,
+inference >= 2x the reference-style model (``deployed`` is shown beside them, without a goal).
 
     python benchmarks/model_speed.py                          # b1, b2, b3 x 512, 224 x 1, 2 threads
     python benchmarks/model_speed.py --sizes 224 --threads 2  # a subset
@@ -28,7 +31,9 @@ import copy
 import math
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,7 @@ from torch import Tensor, nn
 from hrvit_space import build_model, optimize_for_inference, preset
 from hrvit_space.layers import Conv1x1, TokenLinear
 from hrvit_space.model import Block, Branch, HRViT
+from training import TORCHSCRIPT_FILE, write_formats
 
 GOALS = {"ours": 1.6, "inference": 2.0}
 
@@ -183,8 +189,14 @@ def timed(model: nn.Module, x: Tensor) -> float:
 
 def candidates(name: str, size: int, device: torch.device) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    ours = randomise_bn(build_model(preset(name, input_size=(size, size)))).eval().to(device)
-    return {"reference-style": ReferenceStyleHRViT(ours), "ours": ours, "inference": optimize_for_inference(copy.deepcopy(ours))}
+    config = preset(name, input_size=(size, size))
+    ours = randomise_bn(build_model(config)).eval().to(device)
+    models = {"reference-style": ReferenceStyleHRViT(ours), "ours": ours, "inference": optimize_for_inference(copy.deepcopy(ours))}
+    if device.type == "cpu":  # the exporter's own file, as a deployer loads it
+        with tempfile.TemporaryDirectory() as tmp:
+            write_formats(ours, config, Path(tmp), torchscript=True)
+            models["deployed"] = torch.jit.load(str(Path(tmp) / TORCHSCRIPT_FILE))
+    return models
 
 
 def check_outputs(name: str, models: dict[str, nn.Module], x: Tensor) -> None:
@@ -213,8 +225,8 @@ def main() -> None:
     device = torch.device(args.device)
     began = time.perf_counter()
     print(f"device={device} batch={args.batch} trials={args.trials} medians in ms, load average at start {load()}")
-    print("| input | model | threads | reference-style | ours | inference | ratio ours | ratio inference | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| input | model | threads | reference-style | ours | inference | deployed | ratio ours | ratio inference | ratio deployed | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for name in args.variants:
             models = candidates(name, size, device)
@@ -232,9 +244,11 @@ def main() -> None:
                     median = {key: statistics.median(values) for key, values in times.items()}
                     ratio = {key: median["reference-style"] / median[key] for key in GOALS}
                     marks = {key: "" if ratio[key] >= goal else " (below goal)" for key, goal in GOALS.items()}
+                    deployed = median.get("deployed")
+                    deployed_ms, deployed_ratio = (f"{deployed:.0f}", f"{median['reference-style'] / deployed:.2f}x") if deployed else ("-", "-")
                     print(f"| {size} | {name} | {threads} | {median['reference-style']:.0f} | {median['ours']:.0f} | "
-                          f"{median['inference']:.0f} | {ratio['ours']:.2f}x{marks['ours']} | "
-                          f"{ratio['inference']:.2f}x{marks['inference']} | {load()} |", flush=True)
+                          f"{median['inference']:.0f} | {deployed_ms} | {ratio['ours']:.2f}x{marks['ours']} | "
+                          f"{ratio['inference']:.2f}x{marks['inference']} | {deployed_ratio} | {load()} |", flush=True)
     goals = ", ".join(f"{key} >= {goal}x" for key, goal in GOALS.items())
     print(f"goals: {goals}; took {(time.perf_counter() - began) / 60:.1f} min")
 
