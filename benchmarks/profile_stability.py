@@ -7,7 +7,8 @@ Every measurement uses the timing strategy ``--strategy`` (default: ``profiling.
 the one ``benchmarks/latency_noise.py`` chose), as ``profile`` and the predictor build do.
 
 1. Stability (goal: CV of repeated medians < 2%, each measurement <= ~30 s): b1 at 512x512 and 224x224
-   is measured ``--repeats`` times; prints each median / 20%-trimmed mean / min trial, and the CV across
+   is measured ``--repeats`` times; prints each median / 20%-trimmed mean / min trial / anchored median
+   (per-round ratio to the interleaved reference kernel x its quiet time), and the CV across
    repeats of each estimator, so the reported statistic can be chosen by measurement; also how many were
    flagged contended (goal on a quiet machine: 0).
 2. Contended vs quiet (goal: 100% within 10% of the quiet median or flagged): starts 2 busy-loop
@@ -62,7 +63,7 @@ def stability(args: argparse.Namespace) -> dict[int, float]:
     quiet = {}
     for side in args.sizes:
         model, x = model_and_input(args, side)
-        medians, trimmed, fastest, flagged, seconds = [], [], [], 0, []
+        medians, trimmed, fastest, anchored, flagged, seconds = [], [], [], [], 0, []
         for repeat in range(args.repeats):
             start = time.perf_counter()
             stats = measure_latency(model, x, args.device, threads=args.threads, max_seconds=args.max_seconds, strategy=args.timing)
@@ -70,13 +71,16 @@ def stability(args: argparse.Namespace) -> dict[int, float]:
             medians.append(stats.median)
             trimmed.append(stats.trimmed_mean)
             fastest.append(min(stats.samples))
+            anchored.append(stats.anchored_median)
             flagged += stats.contended
             print(f"  {side}: run {repeat + 1}: median {stats.median:9.3f} ms  trimmed {stats.trimmed_mean:9.3f}  min {min(stats.samples):9.3f}  "
+                  f"anchored {stats.anchored_median:9.3f}  "
                   f"trial CV {100 * stats.cv:5.1f}%  n={stats.n}  stable={stats.stable}  contended={stats.contended} "
                   f"(reference {stats.interference:.2f}x, wait {stats.cpu_wait_pct or 0:.1f}%)  {seconds[-1]:.0f} s")
         quiet[side] = statistics.median(medians)
         print(f"b1 {side}x{side} ({args.threads} thread(s)): CV of {args.repeats} medians {cv_pct(medians):.2f}% (goal < 2%), "
-              f"of trimmed means {cv_pct(trimmed):.2f}%, of min trials {cv_pct(fastest):.2f}%; "
+              f"of trimmed means {cv_pct(trimmed):.2f}%, of min trials {cv_pct(fastest):.2f}%, "
+              f"of anchored medians {cv_pct(anchored):.2f}%; "
               f"{max(seconds):.0f} s per measurement at most; flagged contended {flagged}/{args.repeats} (goal 0 on a quiet machine)")
     return quiet
 

@@ -350,7 +350,7 @@ def measure_runs(
             with _no_garbage_collection():
                 samples = _rounds(plan)
             load = window.close()
-            ratio = _interference(samples, used_threads, baseline) if on_cpu else None
+            ratio, quiet = _interference(samples, used_threads, baseline) if on_cpu else (None, None)
             waiting = _wait_share(plan, used_threads) if on_cpu else None
             contended = (ratio is not None and ratio > CONTENDED_RATIO) or (waiting is not None and waiting > CONTENDED_WAIT)
             pause = backoff_s * 2 ** (attempt - 1)
@@ -365,9 +365,16 @@ def measure_runs(
             latency_stats(samples[name], calls_per_trial=plan.calls[name], threads=recorded_threads),
             interference=ratio, contended=contended, load_avg_1m=load.load_avg_1m, cpu_steal_pct=load.cpu_steal_pct,
             cpu_wait_pct=None if waiting is None else 100 * waiting, attempts=attempt,
+            anchored_median=None if quiet is None else _anchored_median(samples[name], samples[_REFERENCE], quiet),
         )
         for name in runs
     }
+
+
+def _anchored_median(candidate: list[float], reference: list[float], quiet: float) -> float:
+    """Median of the candidate's per-round ratios to the reference (rounds 0..k-1: a candidate leaves the
+    round-robin for good once stable, the reference runs every round), times the reference's quiet time."""
+    return statistics.median(c / r for c, r in zip(candidate, reference)) * quiet
 
 
 def _wait_share(plan: _Plan, threads: int) -> float | None:
@@ -377,8 +384,9 @@ def _wait_share(plan: _Plan, threads: int) -> float | None:
     return sum(plan.waited_s.values()) / max(1e-9, threads * sum(plan.timed_s[name] for name in plan.waited_s))
 
 
-def _interference(samples: dict[str, list[float]], threads: int, baseline: ReferenceBaseline | None) -> float:
-    """How many times slower the reference ran than its quiet median on this machine at ``threads``."""
+def _interference(samples: dict[str, list[float]], threads: int, baseline: ReferenceBaseline | None) -> tuple[float, float]:
+    """How many times slower the reference ran than its quiet median on this machine at ``threads``, and
+    that quiet median (ms)."""
     reference = samples[_REFERENCE]
     key = device_fingerprint("cpu", threads=threads, volatile=False)["fingerprint_id"]
     quiet = (baseline or ReferenceBaseline()).observe(key, statistics.median(reference))
@@ -386,7 +394,7 @@ def _interference(samples: dict[str, list[float]], threads: int, baseline: Refer
     # candidates' medians, while one stray hiccup (trimmed away) does not.
     from scipy.stats import trim_mean
 
-    return float(trim_mean(reference, TRIM_FRACTION)) / quiet
+    return float(trim_mean(reference, TRIM_FRACTION)) / quiet, quiet
 
 
 def measure_latency(

@@ -22,7 +22,10 @@ class LatencyStats:
     such numbers only after re-measuring. ``contended`` is True when other processes slowed the interleaved
     reference kernel by more than ``interference.CONTENDED_RATIO`` (``interference`` is that slowdown), or
     kept its threads waiting for a core more than ``interference.CONTENDED_WAIT`` of the time, even after
-    re-measuring: such a number is not this model's speed, and it is never cached.
+    re-measuring: such a number is not this model's speed, and it is never cached. ``anchored_median``
+    (CPU) divides each trial by the reference kernel's trial of the same round and scales by the
+    reference's quiet time here: the latency at this machine's quiet speed, less moved by host drift
+    that slows both (``benchmarks/profile_stability.py`` prints the spread of both).
     """
 
     median: float
@@ -44,6 +47,7 @@ class LatencyStats:
     cpu_steal_pct: float | None = None
     cpu_wait_pct: float | None = None  # share of timed thread-time spent runnable but without a core
     attempts: int = 1
+    anchored_median: float | None = None  # median per-round ratio to the reference kernel x its quiet time (CPU)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +70,7 @@ class LatencyStats:
             "latency_cpu_steal_pct": self.cpu_steal_pct,
             "latency_cpu_wait_pct": self.cpu_wait_pct,
             "latency_attempts": self.attempts,
+            "latency_ms_anchored_median": self.anchored_median,
         }
 
     @classmethod
@@ -81,7 +86,7 @@ class LatencyStats:
             interference=data.get("latency_interference_ratio"), contended=data.get("latency_contended", False),
             load_avg_1m=data.get("latency_load_avg_1m"), cpu_steal_pct=data.get("latency_cpu_steal_pct"),
             cpu_wait_pct=data.get("latency_cpu_wait_pct"),
-            attempts=data.get("latency_attempts", 1),
+            attempts=data.get("latency_attempts", 1), anchored_median=data.get("latency_ms_anchored_median"),
         )
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hrvit_nas.errors import UserError
-from profiling import ReferenceBaseline, measure_runs
+from profiling import ReferenceBaseline, device_fingerprint, measure_runs
 from profiling import latency
 
 
@@ -112,3 +112,18 @@ def test_precise_strategy_times_until_half_the_instability_bound(clock, tmp_path
     assert errors["precise"] <= latency.STRATEGIES["precise"].target_error < errors["steady"]
     assert stats["precise"].n >= 3 * stats["steady"].n
     assert stats["precise"].median == pytest.approx(stats["steady"].median, rel=0.05)
+
+
+def test_anchored_median_follows_the_model_not_the_host_drift(clock, tmp_path, monkeypatch):
+    """A few seconds in, the host slows everything 1.5x: the raw median moves, the median per-round ratio
+    to the interleaved reference kernel (x the reference's quiet time) stays at the quiet latency."""
+    def drifting(seconds):
+        return lambda i: seconds * (1.5 if clock.now > 3.0 else 1.0)
+
+    monkeypatch.setattr(latency, "reference_kernel", lambda: clock.call(drifting(0.001)))
+    baseline = ReferenceBaseline(tmp_path / "b.json")
+    baseline.observe(device_fingerprint("cpu", threads=1, volatile=False)["fingerprint_id"], 1.0)  # quiet: 1 ms
+    stats = measure_runs({"model": clock.call(drifting(0.1))}, torch.device("cpu"), threads=1, attempts=1,
+                         baseline=baseline, strategy="fixed", warmup_s=0.2, trials=40, max_trials=40)["model"]
+    assert stats.median == pytest.approx(150.0)  # most rounds ran on the slowed host
+    assert stats.anchored_median == pytest.approx(100.0)
