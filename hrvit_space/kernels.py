@@ -27,7 +27,6 @@ from torch import Tensor
 ROUNDS = 5
 MARGIN = 0.05
 _DISABLE_ENV = "HRVIT_NAS_KERNELS"
-_clock = time.perf_counter  # the timer boundary (tests replace it with a scripted clock)
 _choices: dict[tuple, str] = {}
 
 
@@ -46,11 +45,6 @@ def chosen_kernels() -> dict[tuple, str]:
     return dict(_choices)
 
 
-def forget_kernel_choices() -> None:
-    """Measure again from the next call on (e.g. after moving to other cores or thread counts)."""
-    _choices.clear()
-
-
 def _measure(candidates: Mapping[str, Callable[[], Tensor]]) -> str:
     names = list(candidates)
     if len(names) == 1 or os.environ.get(_DISABLE_ENV) == "first":
@@ -61,8 +55,8 @@ def _measure(candidates: Mapping[str, Callable[[], Tensor]]) -> str:
             candidates[name]()  # oneDNN builds its primitive on the first call: keep that out
         for _ in range(ROUNDS):
             for name in names:
-                start = _clock()
+                start = time.perf_counter()
                 candidates[name]()
-                best[name] = min(best[name], _clock() - start)
+                best[name] = min(best[name], time.perf_counter() - start)
     fastest = min(names, key=best.__getitem__)
     return fastest if best[fastest] < (1 - MARGIN) * best[names[0]] else names[0]

@@ -35,8 +35,9 @@ def gelu_nchw(x: Tensor) -> Tensor:
 
 
 # PyTorch runs nn.Linear, and a 1x1 convolution of one image on one thread, through BLAS sgemm; oneDNN's
-# convolution computes the same 1x1 map. Which is faster at HRViT's shapes depends on the host (1.9-3.6x
-# either way measured on two EPYC VMs, ``hrvit_space.kernels``), so each shape gets the one measured faster.
+# convolution computes the same 1x1 map. Which is faster at HRViT's shapes depends on the host (oneDNN
+# 1.9-3.6x faster on one EPYC VM, sgemm up to 1.25x on another: ``hrvit_space.kernels``), so each shape gets
+# the one measured faster.
 # (A 1x1 conv with dilation 2 also reaches oneDNN, but its kernel for dilated convs took 3-12x longer on
 # maps of 16x16 and below: 7x7x384->1152 3.5 vs 0.8 ms.) Traces (fvcore counts, ONNX, TorchScript) keep the plain ops.
 
