@@ -35,12 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import moocore
+import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hrvit_space import SearchSpace  # noqa: E402
-from search.hypervolume import hypervolume, reference_point  # noqa: E402
+from search.hypervolume import expected_improvement, hypervolume, reference_point  # noqa: E402
 from search.objectives import BUDGETS, OBJECTIVES  # noqa: E402
 from search.samplers import cheap_measurements, make_sampler, params_key  # noqa: E402
 from search.proposal import suggest_config  # noqa: E402
@@ -121,6 +123,26 @@ def fractions(study, objectives, reference, exact: float, budgets, checkpoints) 
     return out
 
 
+def oracle_ceiling(feasible, directions, reference, exact: float, checkpoints) -> tuple[int, list[float]]:
+    """Size of the exhaustive front, and the fraction an oracle that knows every hidden value reaches with
+    N members picked greedily (each the largest hypervolume gain): the room any sampler has at N trials."""
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    points = np.array(feasible, dtype=float) * signs
+    front = points[moocore.is_nondominated(points)]
+    ref = np.array(reference, dtype=float) * signs
+    chosen: list[int] = []
+    out = []
+    for count in range(1, min(max(checkpoints), len(front)) + 1):
+        base = front[chosen]
+        gains = expected_improvement(front, np.zeros_like(front), base[moocore.is_nondominated(base)] if chosen else base, ref)
+        gains[chosen] = -1.0
+        chosen.append(int(np.argmax(gains)))
+        if count in checkpoints:
+            out.append(float(moocore.hypervolume(front[chosen], ref=ref)) / exact)
+    out += [1.0] * (len(checkpoints) - len(out))  # the whole front fits in the budget
+    return len(front), out
+
+
 def overhead_per_trial(trials: int) -> tuple[float, float, float, str]:
     """Seconds, SQL statements and commits per trial of ``run_search`` itself (default sampler, default
     SQLite storage, free objectives, progress bar on as in the CLI), and the sampler's name. The counts
@@ -163,6 +185,7 @@ def main() -> None:
     parser.add_argument("--instance", type=int, default=0, help="hidden deviations of another problem (tune on > 0)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--ceiling", action="store_true", help="print each setting's front size and greedy-oracle fractions")
     parser.add_argument("--overhead-trials", type=int, default=200, help="0 skips the overhead measurement")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,10 +208,17 @@ def main() -> None:
         reference = reference_point(feasible, directions)
         exact = hypervolume(feasible, directions, reference)
         print(f"\n{setting}: {len(feasible)} feasible members" + (f" (max_gflops {limit:.4g})" if budgeted else ""))
+        if args.ceiling:
+            size, oracle = oracle_ceiling(feasible, directions, reference, exact, checkpoints)
+            print(f"  exhaustive front: {size} members; an oracle picking greedily reaches "
+                  + ", ".join(f"{f:.4f} at {c}" for c, f in zip(checkpoints, oracle)), flush=True)
         for sampler in samplers:
             start = time.perf_counter()
-            runs = [fractions(run_sampler(table, space, objectives, budgets, sampler, seed, args.trials),
-                              objectives, reference, exact, budgets, checkpoints) for seed in range(args.first_seed, args.first_seed + args.seeds)]
+            runs = []
+            for seed in range(args.first_seed, args.first_seed + args.seeds):  # one line per seed: a cut-short run still tells
+                runs.append(fractions(run_sampler(table, space, objectives, budgets, sampler, seed, args.trials),
+                                      objectives, reference, exact, budgets, checkpoints))
+                print(f"    {sampler} seed {seed}: " + " ".join(f"{f:.3f}" for f in runs[-1]), flush=True)
             columns = list(zip(*runs))
             rows.append((setting, sampler, columns))
             print(f"  {sampler}: {args.seeds} seeds in {time.perf_counter() - start:.0f} s", flush=True)

@@ -11,7 +11,17 @@ candidate with the largest expected hypervolume improvement over the measured fr
 independent Gaussian predictions: ``search.hypervolume.expected_improvement``) is the one measured.
 With a perfect trend model (only the per-architecture deviation unknown) the expected improvement reached
 0.977 on the 3-objective benchmark at 100 trials against 0.967 for an optimistic (mean + 1.5 sd)
-improvement, the acquisition used before. The first ``STARTUP`` proposals spread over compute instead. Only measured trials reach the study; the screening statistics of a proposal are
+improvement, the acquisition used before.
+
+Room left (``benchmarks/search_quality.py --ceiling``, 2026-12-02): the exhaustive 3-objective front has
+139 members (114 and 107 on ``--instance 1`` / ``2``), and an oracle that knows the hidden values and picks
+100 of them greedily reaches 0.9999 (0.988 with 25, 0.998 with 50), so 0.98 is not out of reach in
+principle. On instance 1 this rule reaches 0.974 median at 100 trials (seeds 10-13; instance 2: 0.971),
+against 0.984 with the true trend given (seeds 0-4): there the surrogate is about half the gap. Tried on
+instances 1-2 and kept out, since neither moved the 100-trial figure beyond seed noise: a start-up spread
+over FLOPs x params instead of FLOPs (instance 1: 0.971) and per-branch log params/MACs and per-component
+log MACs as GP features (0.973 / 0.970; better at 25 trials: 0.905 / 0.912 against 0.896 / 0.876). The
+first ``STARTUP`` proposals spread over compute instead. Only measured trials reach the study; the screening statistics of a proposal are
 kept on the sampler (``screening[trial number]``) and stored by the evaluator as the trial's
 ``screening`` attribute. The predictors are re-fitted from the stored trials at every proposal, so a
 resumed study, or a second worker, continues where the study is (``benchmarks/RESULTS.md``: quality).
