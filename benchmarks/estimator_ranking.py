@@ -37,7 +37,11 @@ CPU, 2 idle cores, the defaults ``--threads 1 --jobs 1`` (one worker process tra
 main process trains and scores the supernet): about 60 minutes at ``--scale 1`` with one standalone seed,
 30 with ``--scale 0.5`` (estimated from the idle per-iteration times of 2026-12-01; on cores shared with
 other work it is slower; the plateau line says whether the standalone curves flattened); each further
-``--standalone-seeds`` adds the standalone phase once more (``--jobs 2`` runs seeds side by side). A GPU
+``--standalone-seeds`` adds the standalone phase once more (``--jobs 2`` runs seeds side by side). Measured
+2026-12-02 on 2 cores beside other work (load 3-4): a 360-iteration standalone run (EMA evaluations
+included) took 1.9-2.6 min for the smaller half of the members, so 12 members x 2 seeds take over 55 min
+alone, while the supernet (800 iterations, 4 members a step) took 16.5 min and scoring 12 members with 50
+BN batches 1.6 min: the standalone phase is the one to shorten or spread over ``--jobs``. A GPU
 user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scale multiplies every
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
