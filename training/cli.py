@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     supernet.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     supernet.add_argument("--init", help="initial weights: our checkpoint/supernet.pt or a reference-format HRViT checkpoint")
     supernet.add_argument("--random-members", type=int, default=2, help="random members per step besides largest and smallest")
-    supernet.add_argument("--distill", choices=("kl", "hard"), default="kl", help="KL on soft logits, or CE on the largest member's argmax")
+    supernet.add_argument("--distill", choices=("kl", "hard", "labels"), default="kl",
+                          help="KL on soft logits, CE on the largest member's argmax, or labels only (no distillation: the ablation)")
     supernet.add_argument("--resume", action="store_true", help="continue the run in --out")
     supernet.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _cfg_options_argument(supernet)
