@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.kernels import run_fastest
-from hrvit_space.layers import LinearBN, TokenLinear, to_nchw, to_nhwc, traced
+from hrvit_space.layers import LinearBN, TokenLinear, _tunable, to_nchw, to_nhwc
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +58,7 @@ def _explicit_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 def _attend(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention of (N, heads, L, d) queries over keys = values ``v``, by the kernel measured faster."""
     fused = lambda: F.scaled_dot_product_attention(q, v, v, attn_mask=mask)  # noqa: E731
-    if torch.is_grad_enabled() or traced() or not q.is_cpu or q.dtype != torch.float32:
+    if torch.is_grad_enabled() or not _tunable(q):
         return fused()
     return run_fastest(("attention", q.shape, q.stride(), mask is not None),
                        {"fused": fused, "explicit": lambda: _explicit_attention(q, v, mask)})

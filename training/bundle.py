@@ -45,12 +45,17 @@ class Bundle:
         self.config.save(directory / CONFIG_FILE)
         self.recipe.save(directory / RECIPE_FILE)
         if weights is not None:
-            import torch  # only writers of weights pay for torch; readers of bundles stay light
-
-            with atomic_path(directory / WEIGHTS_FILE) as tmp:
-                torch.save(weights, tmp)
+            write_weights(directory, weights)
         atomic_write_text(directory / METRICS_FILE, json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
         return load_bundle(directory)
+
+
+def write_weights(directory: str | Path, weights: Mapping[str, Any]) -> None:
+    """The bundle's ``weights.pt`` (a state dict), atomically: what a run adds once its other files exist."""
+    import torch  # only writers of weights pay for torch; readers of bundles stay light
+
+    with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
+        torch.save(weights, tmp)
 
 
 def load_bundle(directory: str | Path) -> Bundle:

@@ -117,14 +117,14 @@ def compare_outputs(name: str, expected: list[torch.Tensor], got: list[Any]) -> 
 
 
 def export_torchscript(model: nn.Module, config: ArchConfig, path: Path, expected: list[torch.Tensor]) -> float:
-    """Trace at the config's input size, freeze, save, reload and compare with ``expected`` (PyTorch's
-    outputs on the example input); returns the max absolute difference."""
+    """Trace ``model`` (in eval mode: freezing needs it) at the config's input size, freeze, save, reload
+    and compare with ``expected`` (PyTorch's outputs on the example input); returns the max absolute difference."""
     example = _example_input(config)
     with torch.no_grad(), warnings.catch_warnings():
         # Window padding is decided from the input size, which is fixed here: the trace is exact for it.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        frozen = torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
+        frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
         with atomic_path(path) as tmp:
             torch.jit.save(frozen, str(tmp))
         reloaded = torch.jit.load(str(path))

@@ -45,7 +45,7 @@ def train(
     (for custom datasets in Python).
     """
     from hrvit_space import HRViT
-    from training.bundle import Bundle, load_bundle
+    from training.bundle import Bundle, write_weights
     from training.data import DatasetSpec
 
     ctx = init_distributed(device)
@@ -80,8 +80,8 @@ def train(
     history = run_training(model, recipe, out_dir, train_set, step, evaluate=evaluate, meta=meta, resume=resume, ctx=ctx,
                            class_names=getattr(val_set, "class_names", None), keep_last=keep_last,
                            log_interval=log_interval, progress=progress, save_on_signal=True, log=log)
-    if ctx.is_main:  # the final weights beside the latest evaluation (metrics.json, written by training.run_log)
-        Bundle(config, recipe, None, load_bundle(out_dir).metrics).write(out_dir, weights=model.state_dict())
+    if ctx.is_main:  # config, recipe and metrics.json (training.run_log) are in place: the final weights complete it
+        write_weights(out_dir, model.state_dict())
     return history[-1] if history else {}
 
 
