@@ -74,13 +74,13 @@ def stability(args: argparse.Namespace) -> dict[int, float]:
             anchored.append(stats.anchored_median)
             flagged += stats.contended
             print(f"  {side}: run {repeat + 1}: median {stats.median:9.3f} ms  trimmed {stats.trimmed_mean:9.3f}  min {min(stats.samples):9.3f}  "
-                  f"anchored {stats.anchored_median:9.3f}  "
+                  f"anchored {'-' if stats.anchored_median is None else f'{stats.anchored_median:9.3f}'}  "
                   f"trial CV {100 * stats.cv:5.1f}%  n={stats.n}  stable={stats.stable}  contended={stats.contended} "
                   f"(reference {stats.interference:.2f}x, wait {stats.cpu_wait_pct or 0:.1f}%)  {seconds[-1]:.0f} s")
         quiet[side] = statistics.median(medians)
         print(f"b1 {side}x{side} ({args.threads} thread(s)): CV of {args.repeats} medians {cv_pct(medians):.2f}% (goal < 2%), "
               f"of trimmed means {cv_pct(trimmed):.2f}%, of min trials {cv_pct(fastest):.2f}%, "
-              f"of anchored medians {cv_pct(anchored):.2f}%; "
+              f"of anchored medians {cv_pct([a for a in anchored if a is not None]):.2f}% (CPU only); "
               f"{max(seconds):.0f} s per measurement at most; flagged contended {flagged}/{args.repeats} (goal 0 on a quiet machine)")
     return quiet
 
