@@ -79,6 +79,7 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
         self._rows: list[np.ndarray] = []
         self._cheap: list[dict[str, float]] = []
         self._arrays: dict[str, np.ndarray] | None = None
+        self._trial_rows: dict[tuple[str, int], int] = {}  # (study, trial number) -> pool row: a key is made once
         if space.size() <= ENUMERATE_LIMIT:
             for values in itertools.product(*(k.choices for k in self.knobs)):
                 self._add(dict(zip((k.name for k in self.knobs), values)))
@@ -99,20 +100,29 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
             self._params.append(params)
             self._rows.append(self._features(params, config, cheap))
             self._cheap.append(cheap)
-            self._arrays = None
         return self._index[key]
 
+    def _row_of(self, study, trial) -> int:
+        """The pool row of a trial with all its parameters (each trial's parameters are keyed only once)."""
+        ident = (study.study_name, trial.number)
+        if ident not in self._trial_rows:
+            self._trial_rows[ident] = self._add(trial.params)
+        return self._trial_rows[ident]
+
     def _pool_arrays(self) -> dict[str, np.ndarray]:
-        """Features, cheap values and the budget mask of the whole pool, rebuilt only after it grew."""
-        if self._arrays is None:
-            arrays = {"features": np.array(self._rows)}
-            arrays.update({key: np.array([c[key] for c in self._cheap]) for key in self.cheap_keys})
-            within = np.ones(len(self._cheap), dtype=bool)
+        """Features, cheap values and the budget mask of the whole pool; after the pool grew, only its new
+        rows are converted and appended (large spaces grow by a few neighbours per proposal)."""
+        done = 0 if self._arrays is None else len(self._arrays["within"])
+        if done < len(self._rows):
+            new = {"features": np.array(self._rows[done:])}
+            new.update({key: np.array([c[key] for c in self._cheap[done:]]) for key in self.cheap_keys})
+            within = np.ones(len(self._rows) - done, dtype=bool)
             for key, limit in self.budgets.items():
                 if key in self.cheap_keys:
-                    within &= arrays[key] <= limit
-            arrays["within"] = within
-            self._arrays = arrays
+                    within &= new[key] <= limit
+            new["within"] = within
+            old = self._arrays
+            self._arrays = new if old is None else {key: np.concatenate([old[key], value]) for key, value in new.items()}
         return self._arrays
 
     def _features(self, params: dict[str, Any], config: ArchConfig, cheap: dict[str, float]) -> np.ndarray:
@@ -150,7 +160,7 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
         measured = [t for t in others if t.state == TrialState.COMPLETE and len(t.params) == len(self.knobs)]
         self._grow_around([t.params for t in measured])
-        taken = [self._add(t.params) for t in others if len(t.params) == len(self.knobs)]
+        taken = [self._row_of(study, t) for t in others if len(t.params) == len(self.knobs)]
         arrays = self._pool_arrays()
         open_ = arrays["within"].copy()
         open_[taken] = False
@@ -165,7 +175,7 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
             choice = self._spread(candidates, taken)
             stats["phase"] = "startup"
         else:
-            choice, predicted, gain = self._acquire(candidates, usable)
+            choice, predicted, gain = self._acquire(study, candidates, usable)
             stats.update(phase="screened", predicted=predicted, improvement=gain)
         self.screening[trial.number] = stats
         return dict(self._params[choice])
@@ -193,9 +203,9 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
             values.append(float(value))
         return values
 
-    def _acquire(self, candidates: np.ndarray, usable) -> tuple[int, dict[str, float], float]:
+    def _acquire(self, study, candidates: np.ndarray, usable) -> tuple[int, dict[str, float], float]:
         arrays = self._pool_arrays()
-        rows = [self._index[params_key(t.params)] for t in usable]
+        rows = [self._row_of(study, t) for t in usable]
         train, query = arrays["features"][rows], arrays["features"][candidates]
         targets = np.array([self._targets(t) for t in usable])
         signs = np.array([1.0 if o.direction == "minimize" else -1.0 for o in self.objectives])
