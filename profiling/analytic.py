@@ -35,25 +35,23 @@ class AnalyticCounts:
 
 
 class _Tally:
-    """Terms as they are counted; summed per component and per branch once, at the end (``totals``)."""
+    """Params and MACs summed per component and per branch (for one image) as they are counted."""
 
     def __init__(self) -> None:
-        self.terms: list[tuple[str, int | None, int, int]] = []
+        self.sums: dict[str, dict[str, int]] = {name: {} for name in ("params_component", "params_branch", "macs_component", "macs_branch")}
 
     def add(self, component: str, branch: int | None, params: int = 0, macs: int = 0, times: int = 1) -> None:
-        self.terms.append((component, branch, params * times, macs * times))
+        key = SHARED if branch is None else str(branch)
+        for kind, value in (("params", params * times), ("macs", macs * times)):
+            if value:
+                by_component, by_branch = self.sums[kind + "_component"], self.sums[kind + "_branch"]
+                by_component[component] = by_component.get(component, 0) + value
+                by_branch[key] = by_branch.get(key, 0) + value
 
-    def totals(self, batch: int) -> dict[str, dict[str, int]]:
-        sums: dict[str, dict[str, int]] = {name: {} for name in ("params_component", "params_branch", "macs_component", "macs_branch")}
-        for component, branch, params, macs in self.terms:
-            key = SHARED if branch is None else str(branch)
-            if params:
-                sums["params_component"][component] = sums["params_component"].get(component, 0) + params
-                sums["params_branch"][key] = sums["params_branch"].get(key, 0) + params
-            if macs:
-                sums["macs_component"][component] = sums["macs_component"].get(component, 0) + macs * batch
-                sums["macs_branch"][key] = sums["macs_branch"].get(key, 0) + macs * batch
-        return sums
+    def copy(self) -> "_Tally":
+        twin = _Tally()
+        twin.sums = {name: dict(sums) for name, sums in self.sums.items()}
+        return twin
 
 
 def _conv(c_in: int, c_out: int, kernel: int, out_pixels: int, groups: int = 1, bias: bool = True) -> tuple[int, int]:
@@ -123,60 +121,71 @@ def _fusion(t: _Tally, sizes: list[tuple[int, int]], c_in: tuple[int, ...], c_ou
                 t.add("fusion", i, params=params, macs=macs)
 
 
-def _head(t: _Tally, config: ArchConfig, sizes: list[tuple[int, int]]) -> None:
-    head = config.head
+def _head(t: _Tally, head, channels: tuple[int, ...], sizes: list[tuple[int, int]]) -> None:
     pixels = [h * w for h, w in sizes]
     if head.kind == "segformer":
-        for c, n in zip(config.channels, pixels):
+        for c, n in zip(channels, pixels):
             t.add("head", None, *_conv(c, head.width, 1, n))
-        t.add("head", None, *_conv_bn(head.width * config.num_branches, head.width, 1, pixels[0], bias=False))
+        t.add("head", None, *_conv_bn(head.width * len(channels), head.width, 1, pixels[0], bias=False))
         t.add("head", None, *_conv(head.width, head.num_classes, 1, pixels[0]))
     elif head.kind == "classification":
-        planes = [32 * 2**b for b in range(config.num_branches)]
+        planes = [32 * 2**b for b in range(len(channels))]
         widths = [4 * p for p in planes]
-        for c, p, n in zip(config.channels, planes, pixels):
+        for c, p, n in zip(channels, planes, pixels):
             for layer in (_conv_bn(c, p, 1, n, bias=False), _conv_bn(p, p, 3, n, bias=False), _conv_bn(p, 4 * p, 1, n, bias=False)):
                 t.add("head", None, *layer)
             if c != 4 * p:
                 t.add("head", None, *_conv_bn(c, 4 * p, 1, n, bias=False))
-        for b in range(config.num_branches - 1):
+        for b in range(len(channels) - 1):
             t.add("head", None, *_conv_bn(widths[b], widths[b + 1], 3, pixels[b + 1]))
         t.add("head", None, *_conv_bn(widths[-1], 2048, 1, pixels[-1]))
         t.add("head", None, *_linear(2048, head.num_classes, 1))
+
+
+@functools.lru_cache(maxsize=256)
+def _skeleton(in_chans: int, input_size: tuple[int, int], channels: tuple[int, ...], branches: tuple[int, ...], head) -> _Tally:
+    """Everything but the HRViT blocks (stem, fusion, patch embeddings, norms, head): the same for every
+    member of a space with fixed channels, so it is counted once (screening pools: 4x fewer terms each)."""
+    t = _Tally()
+    half_size = tuple(math.ceil(s / 2) for s in input_size)
+    stem1 = _conv_bn(in_chans, STEM_WIDTH // 2, 3, half_size[0] * half_size[1])
+    sizes = [branch_feature_size(input_size, b) for b in range(len(channels))]
+    h0, w0 = sizes[0]
+    stem2 = _conv_bn(STEM_WIDTH // 2, STEM_WIDTH, 3, h0 * w0)
+    t.add("stem", None, params=stem1[0] + stem2[0], macs=stem1[1] + stem2[1])
+    in_channels: tuple[int, ...] = (STEM_WIDTH,)
+    for n in branches:
+        fused = in_channels + tuple(channels[len(in_channels):n])
+        _fusion(t, sizes, in_channels, fused)
+        for b in range(n):
+            dim, size = channels[b], sizes[b]
+            pixels = size[0] * size[1]
+            pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
+            t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
+            t.add("norm", b, params=2 * dim)
+        in_channels = channels[:n]
+    _head(t, head, channels, sizes)
+    return t
 
 
 def analytic_counts(config: ArchConfig, input_size: tuple[int, int] | None = None, batch: int = 1) -> AnalyticCounts:
     """Parameters and MACs of ``config`` at ``input_size`` (default: the config's), equal to ``profile()``'s."""
     if input_size is not None and tuple(input_size) != config.input_size:
         config = config.replace(input_size=tuple(input_size))
-    t = _Tally()
-    half_size = tuple(math.ceil(s / 2) for s in config.input_size)
-    stem1 = _conv_bn(config.in_chans, STEM_WIDTH // 2, 3, half_size[0] * half_size[1])
+    branches = tuple(len(depths) for depths in config.depths)
+    t = _skeleton(config.in_chans, config.input_size, config.channels, branches, config.head).copy()
     sizes = [branch_feature_size(config.input_size, b) for b in range(config.num_branches)]
-    h0, w0 = sizes[0]
-    stem2 = _conv_bn(STEM_WIDTH // 2, STEM_WIDTH, 3, h0 * w0)
-    t.add("stem", None, params=stem1[0] + stem2[0], macs=stem1[1] + stem2[1])
-    in_channels: tuple[int, ...] = (STEM_WIDTH,)
-    for m, depths in enumerate(config.depths):
-        fused = in_channels + tuple(config.channels[len(in_channels):len(depths)])
-        _fusion(t, sizes, in_channels, fused)
+    for depths in config.depths:
         for b, depth in enumerate(depths):
-            dim, size = config.channels[b], sizes[b]
-            pixels = size[0] * size[1]
-            pw, dw = _conv(fused[b], dim, 1, pixels), _conv(dim, dim, 3, pixels, groups=dim)
-            t.add("patch_embed", b, params=pw[0] + dw[0] + 2 * dim, macs=pw[1] + dw[1])
-            hidden = mlp_hidden(config, b)
             if depth:
-                _blocks(t, b, depth, dim, config.window_sizes[b], hidden, size)
-            t.add("norm", b, params=2 * dim)
-        in_channels = config.channels[: len(depths)]
-    _head(t, config, sizes)
-    sums = t.totals(batch)
+                _blocks(t, b, depth, config.channels[b], config.window_sizes[b], mlp_hidden(config, b), sizes[b])
+    sums = t.sums
+    macs_component = {name: macs * batch for name, macs in sums["macs_component"].items()}
     return AnalyticCounts(
         params=sum(sums["params_component"].values()),
         params_by_component=sums["params_component"],
         params_by_branch=sums["params_branch"],
-        macs=sum(sums["macs_component"].values()),
-        macs_by_component=sums["macs_component"],
-        macs_by_branch=sums["macs_branch"],
+        macs=sum(macs_component.values()),
+        macs_by_component=macs_component,
+        macs_by_branch={key: macs * batch for key, macs in sums["macs_branch"].items()},
     )

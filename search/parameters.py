@@ -34,3 +34,24 @@ def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
 def is_fixed(trial: optuna.trial.FrozenTrial) -> bool:
     """An enqueued trial (baseline, retried trial of a dead worker) has its parameters already."""
     return "fixed_params" in trial.system_attrs
+
+
+class SharedRead:
+    """A sampler that takes the worker loop's read of the study for its next proposal instead of its own.
+
+    On the default SQLite storage each read of the study's trials costs a few milliseconds (Optuna re-reads
+    the unfinished ones), and the loop has just read them to count trials. A trial another worker creates
+    in between is missed; the evaluator's duplicate check, which reads after the parameters are stored,
+    still prunes a collision before it is measured."""
+
+    _shared: list[optuna.trial.FrozenTrial] | None = None
+
+    def share_read(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        self._shared = trials
+
+    def other_trials(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
+        """Every trial of ``study`` but ``trial``: the shared read, used once, else a fresh one."""
+        trials, self._shared = self._shared, None
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
+        return [t for t in trials if t.number != trial.number]

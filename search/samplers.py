@@ -18,7 +18,7 @@ from optuna.distributions import BaseDistribution
 
 from hrvit_nas import UserError
 from hrvit_space import ArchConfig, SearchSpace
-from search.parameters import is_fixed, params_key, space_distributions
+from search.parameters import SharedRead, is_fixed, params_key, space_distributions
 from search.screening import CheapFirstSampler
 
 DEFAULT_SAMPLER = "cheap-first"
@@ -61,12 +61,7 @@ def cheap_function(batch: int = 1, latency_predictor=None) -> Callable[[ArchConf
     return counts_and_predicted_latency
 
 
-def seen_keys(study: optuna.Study, current: optuna.trial.FrozenTrial | None = None) -> set[str]:
-    """Parameter sets of every other trial in the study, whatever its state (running ones included)."""
-    return {params_key(t.params) for t in study.get_trials(deepcopy=False) if current is None or t.number != current.number}
-
-
-class DistinctSampler(optuna.samplers.BaseSampler):
+class DistinctSampler(SharedRead, optuna.samplers.BaseSampler):
     """Wraps a plain Optuna sampler: asks it again while it proposes a parameter set the study already holds,
     and after ``PROPOSAL_ATTEMPTS`` takes a random unseen member, so duplicates are rejected before they
     are stored (only two workers proposing the same set at the same instant can still collide)."""
@@ -81,9 +76,10 @@ class DistinctSampler(optuna.samplers.BaseSampler):
         return dict(self.distributions)
 
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        others = self.other_trials(study, trial)
         if is_fixed(trial):
             return {}
-        seen = seen_keys(study, trial)
+        seen = {params_key(t.params) for t in others}  # whatever their state (running ones included)
         for _ in range(PROPOSAL_ATTEMPTS):
             params = self._propose(study, trial)
             if params_key(params) not in seen:

@@ -47,7 +47,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern,
 from hrvit_space import ArchConfig, SearchSpace
 from search.hypervolume import expected_improvement
 from search.objectives import BUDGETS
-from search.parameters import is_fixed, params_key, space_distributions
+from search.parameters import SharedRead, is_fixed, params_key, space_distributions
 
 ENUMERATE_LIMIT = 20_000  # spaces up to this size are screened whole
 POOL_SIZE = 2048  # random members screened in larger spaces
@@ -57,7 +57,7 @@ SCREEN_SD = 3.0  # a candidate is scored only if this optimistic (in deviations)
 MARGIN = 0.1  # the acquisition's reference point lies this share of the range beyond the worst value
 
 
-class CheapFirstSampler(optuna.samplers.BaseSampler):
+class CheapFirstSampler(SharedRead, optuna.samplers.BaseSampler):
     """See the module docstring. ``objectives``: ``search.objectives.Objective`` in the study's order;
     ``budgets``: budget name -> limit; ``cheap(config) -> {measurement key: exact value}``."""
 
@@ -155,9 +155,9 @@ class CheapFirstSampler(optuna.samplers.BaseSampler):
         raise RuntimeError(f"{param_name!r} is outside the search space the cheap-first sampler was built for")
 
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        others = self.other_trials(study, trial)
         if is_fixed(trial):
             return {}
-        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
         measured = [t for t in others if t.state == TrialState.COMPLETE and len(t.params) == len(self.knobs)]
         self._grow_around([t.params for t in measured])
         taken = [self._row_of(study, t) for t in others if len(t.params) == len(self.knobs)]

@@ -1,7 +1,8 @@
 """One worker's loop: run trials until the study holds ``--trials`` COMPLETE ones, failing dead workers' trials.
 
 Bookkeeping per trial is kept to Optuna's own reads (its ``_CachedStorage`` re-reads only unfinished and
-new trials) and two writes of our own (``search.storage.write_trial``); stale trials are failed by
+new trials), one read of ours that the sampler shares (``search.parameters.SharedRead``), the duplicate
+check's read, and two writes of our own (``search.storage.write_trial``); stale trials are failed by
 ``study.optimize`` before every trial, and here only while waiting for other workers.
 """
 
@@ -23,9 +24,9 @@ from search.settings import SearchSettings
 MAX_FAILURES_IN_A_ROW = 10
 
 
-def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
+def trial_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[TrialState, int]:
     counts = {state: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         counts[trial.state] += 1
     return counts
 
@@ -76,7 +77,8 @@ def run_worker(
     last: list[optuna.trial.FrozenTrial] = []
     failures_in_a_row = duplicates_in_a_row = 0
     while True:
-        counts = trial_counts(study)
+        trials = study.get_trials(deepcopy=False)
+        counts = trial_counts(trials)
         complete, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
         if complete >= n_trials:
             return study
@@ -89,6 +91,7 @@ def run_worker(
             fail_trials_dead_before_their_first_heartbeat(study, storage)
             time.sleep(poll_s)
             continue
+        study.sampler.share_read(trials)  # the proposal below uses this read instead of its own
         study.optimize(evaluator, n_trials=1, catch=(TrialFailed,), callbacks=[*callbacks, lambda _s, t: last.append(t)])
         if last and last[-1].state != TrialState.PRUNED:  # a pruned placeholder neither fails nor succeeds
             failures_in_a_row = failures_in_a_row + 1 if last[-1].state == TrialState.FAIL else 0
