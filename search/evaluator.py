@@ -20,6 +20,7 @@ from hrvit_space import ArchConfig
 from profiling import Measurements, check_runtime, resolve_device
 from search.estimators import make_estimator
 from search.objectives import BUDGETS, violations
+from search.parameters import SharedRead
 from search.proposal import refuse_surplus_or_duplicate, suggest_config
 from search.samplers import cheap_measurements
 from search.settings import SearchSettings
@@ -48,7 +49,7 @@ class TrialModel:
         return self._model
 
 
-class TrialEvaluator:
+class TrialEvaluator(SharedRead):
     """The Optuna objective: config from the trial's parameters, then measurements in order of cost."""
 
     def __init__(self, settings: SearchSettings) -> None:
@@ -71,7 +72,7 @@ class TrialEvaluator:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         config = suggest_config(trial, self.settings.space, {"estimator": self.settings.estimator})
         if self.n_trials is not None:
-            refuse_surplus_or_duplicate(trial, self.n_trials, list(self.settings.budgets))
+            refuse_surplus_or_duplicate(trial, self.n_trials, list(self.settings.budgets), known=self.take_shared_read())
         measurements = Measurements()
         try:
             self.measure(config, measurements, trial)

@@ -37,21 +37,27 @@ def is_fixed(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 class SharedRead:
-    """A sampler that takes the worker loop's read of the study for its next proposal instead of its own.
+    """Takes the worker loop's read of the study for the next trial instead of reading it again.
 
     On the default SQLite storage each read of the study's trials costs a few milliseconds (Optuna re-reads
-    the unfinished ones), and the loop has just read them to count trials. A trial another worker creates
-    in between is missed; the evaluator's duplicate check, which reads after the parameters are stored,
-    still prunes a collision before it is measured."""
+    the unfinished ones), and the loop has just read them to count trials. The sampler takes the read for
+    its proposal: a trial another worker creates in between is missed, and the duplicate check, which then
+    reads again, prunes a collision before it is measured. The duplicate check takes it only when nothing
+    can have changed since (``search.proposal.refuse_surplus_or_duplicate``)."""
 
     _shared: list[optuna.trial.FrozenTrial] | None = None
 
     def share_read(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         self._shared = trials
 
-    def other_trials(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
-        """Every trial of ``study`` but ``trial``: the shared read, used once, else a fresh one."""
+    def take_shared_read(self) -> list[optuna.trial.FrozenTrial] | None:
+        """The shared read, once (``None`` when there is none)."""
         trials, self._shared = self._shared, None
+        return trials
+
+    def other_trials(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
+        """Every trial of ``study`` but ``trial``: the shared read, else a fresh one."""
+        trials = self.take_shared_read()
         if trials is None:
             trials = study.get_trials(deepcopy=False)
         return [t for t in trials if t.number != trial.number]

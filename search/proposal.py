@@ -18,7 +18,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from hrvit_space import ArchConfig, SearchSpace
-from search.parameters import params_key, space_distributions
+from search.parameters import space_distributions
 from search.storage import write_trial
 
 IN_PLAY = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -61,22 +61,15 @@ def config_attrs(config: ArchConfig) -> dict[str, Any]:
     return {"config": config.to_dict(), "config_summary": summary, "config_hash": config.content_hash()}
 
 
-def refuse_surplus_or_duplicate(trial: optuna.Trial, n_trials: int, budgets: Sequence[str] = ()) -> None:
+def refuse_surplus_or_duplicate(
+    trial: optuna.Trial, n_trials: int, budgets: Sequence[str] = (), known: Sequence[optuna.trial.FrozenTrial] | None = None,
+) -> None:
     """Prune ``trial`` unmeasured when earlier trials already fill ``n_trials`` or hold its architecture.
 
-    Trial numbers are assigned by the storage in creation order, so of several processes racing for the
-    last slot exactly the earliest trials go on. An earlier trial of another process may still be in its
-    sampler, with no parameters stored yet; it is waited for (briefly: every trial stores its parameters
-    first), else two workers proposing one architecture at the same instant would both measure it."""
-    deadline = time.monotonic() + PARAMS_WAIT_S
-    while True:
-        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=IN_PLAY) if t.number < trial.number]
-        sampling = [t for t in earlier if t.state == TrialState.RUNNING and len(t.params) < len(trial.params)]
-        if not sampling or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    key = params_key(trial.params)
-    twin = next((t for t in earlier if params_key(t.params) == key), None)
+    ``known``: the study's trials as read just before ``trial`` was created (``search.parameters.SharedRead``).
+    """
+    earlier = _earlier_trials(trial, known)
+    twin = next((t for t in earlier if t.params == trial.params), None)
     if len(earlier) < n_trials and twin is None:
         return
     for name in budgets:  # unmeasured: every trial carries the same constraint keys
@@ -86,3 +79,24 @@ def refuse_surplus_or_duplicate(trial: optuna.Trial, n_trials: int, budgets: Seq
         raise optuna.TrialPruned(f"{n_trials} trials are already complete or running")
     trial.set_user_attr("duplicate_of", twin.number)
     raise optuna.TrialPruned(f"trial {twin.number} already evaluates this architecture")
+
+
+def _earlier_trials(trial: optuna.Trial, known: Sequence[optuna.trial.FrozenTrial] | None) -> list[optuna.trial.FrozenTrial]:
+    """The trials in play created before ``trial``.
+
+    ``known`` answers when nothing can have changed since it was read: ``trial`` is the next number after it
+    and every trial in it had finished (one worker alone: the common case, a read less per trial).
+    Otherwise the study is read again. Trial numbers are assigned by the storage in creation order, so of
+    several processes racing for the last slot exactly the earliest trials go on. An earlier trial of
+    another process may still be in its sampler, with no parameters stored yet; it is waited for (briefly:
+    every trial stores its parameters first), else two workers proposing one architecture at the same
+    instant would both measure it."""
+    if known is not None and trial.number == len(known) and all(t.state.is_finished() for t in known):
+        return [t for t in known if t.state in IN_PLAY]
+    deadline = time.monotonic() + PARAMS_WAIT_S
+    while True:
+        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=IN_PLAY) if t.number < trial.number]
+        sampling = [t for t in earlier if t.state == TrialState.RUNNING and len(t.params) < len(trial.params)]
+        if not sampling or time.monotonic() > deadline:
+            return earlier
+        time.sleep(0.05)

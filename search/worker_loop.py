@@ -1,8 +1,8 @@
 """One worker's loop: run trials until the study holds ``--trials`` COMPLETE ones, failing dead workers' trials.
 
 Bookkeeping per trial is kept to Optuna's own reads (its ``_CachedStorage`` re-reads only unfinished and
-new trials), one read of ours that the sampler shares (``search.parameters.SharedRead``), the duplicate
-check's read, and two writes of our own (``search.storage.write_trial``); stale trials are failed by
+new trials), one read of ours that the sampler and the duplicate check share (``search.parameters.SharedRead``),
+and two writes of our own (``search.storage.write_trial``); stale trials are failed by
 ``study.optimize`` before every trial, and here only while waiting for other workers.
 """
 
@@ -91,7 +91,8 @@ def run_worker(
             fail_trials_dead_before_their_first_heartbeat(study, storage)
             time.sleep(poll_s)
             continue
-        study.sampler.share_read(trials)  # the proposal below uses this read instead of its own
+        for reader in (study.sampler, evaluator):  # the proposal and its duplicate check use this read
+            reader.share_read(trials)
         study.optimize(evaluator, n_trials=1, catch=(TrialFailed,), callbacks=[*callbacks, lambda _s, t: last.append(t)])
         if last and last[-1].state != TrialState.PRUNED:  # a pruned placeholder neither fails nor succeeds
             failures_in_a_row = failures_in_a_row + 1 if last[-1].state == TrialState.FAIL else 0

@@ -136,3 +136,31 @@ def test_the_progress_front_size_agrees_with_optuna_best_trials():
         study.tell(study.ask(), values)
     assert front_size(feasible_trials(study), study.directions) == len(study.best_trials) == 4
     assert summary(study)["pareto"] == 4
+
+
+
+def _trial_with_depth(study, depth: int):
+    study.enqueue_trial({"depth": depth})
+    trial = study.ask()
+    trial.suggest_int("depth", 1, 3)
+    return trial
+
+
+@pytest.mark.parametrize("read_before_twin", [True, False])
+def test_the_duplicate_check_finds_a_twin_whether_or_not_the_shared_read_holds_it(read_before_twin):
+    """The loop's read is trusted only when nothing can have changed since; a twin created after it (by
+    another worker) is still found, so no architecture is measured twice."""
+    import optuna
+
+    from search.proposal import refuse_surplus_or_duplicate
+
+    study = optuna.create_study()
+    early_read = study.get_trials(deepcopy=False)
+    study.add_trial(optuna.trial.create_trial(
+        params={"depth": 2}, distributions={"depth": optuna.distributions.IntDistribution(1, 3)}, value=1.0))
+    known = early_read if read_before_twin else study.get_trials(deepcopy=False)
+    with pytest.raises(optuna.TrialPruned, match="trial 0 already evaluates"):
+        refuse_surplus_or_duplicate(_trial_with_depth(study, 2), 10, known=known)
+    refuse_surplus_or_duplicate(_trial_with_depth(study, 3), 10, known=study.get_trials(deepcopy=False)[:-1])
+    with pytest.raises(optuna.TrialPruned, match="already complete or running"):
+        refuse_surplus_or_duplicate(_trial_with_depth(study, 1), 1, known=study.get_trials(deepcopy=False)[:-1])
