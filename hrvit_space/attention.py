@@ -55,13 +55,18 @@ def _explicit_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     return torch.matmul(scores.softmax(-1), v)
 
 
+def _fused_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    return F.scaled_dot_product_attention(q, v, v, attn_mask=mask)
+
+
+_ATTENTION_KERNELS = {"fused": _fused_attention, "explicit": _explicit_attention}
+
+
 def _attend(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention of (N, heads, L, d) queries over keys = values ``v``, by the kernel measured faster."""
-    fused = lambda: F.scaled_dot_product_attention(q, v, v, attn_mask=mask)  # noqa: E731
     if torch.is_grad_enabled() or not _tunable(q):
-        return fused()
-    return run_fastest(("attention", q.shape, q.stride(), mask is not None),
-                       {"fused": fused, "explicit": lambda: _explicit_attention(q, v, mask)})
+        return _fused_attention(q, v, mask)
+    return run_fastest(("attention", q.shape, q.stride(), mask is not None), _ATTENTION_KERNELS, q, v, mask)
 
 
 class CrossShapedAttention(nn.Module):

@@ -30,14 +30,15 @@ _DISABLE_ENV = "HRVIT_NAS_KERNELS"
 _choices: dict[tuple, str] = {}
 
 
-def run_fastest(key: tuple, candidates: Mapping[str, Callable[[], Tensor]]) -> Tensor:
-    """Run the candidate measured fastest for ``key`` (measuring them on the first call with it)."""
+def run_fastest(key: tuple, candidates: Mapping[str, Callable[..., Tensor]], *args: object) -> Tensor:
+    """``candidates[name](*args)`` for the candidate measured fastest for ``key`` (measuring them on the
+    first call with it). Callers pass module-level candidate tables and the arguments, not fresh closures:
+    this runs a few hundred times per forward."""
     key = (*key, torch.get_num_threads(), torch.is_grad_enabled())
     choice = _choices.get(key)
     if choice is None:
-        choice = _measure(candidates)
-        _choices[key] = choice
-    return candidates[choice]()
+        choice = _choices[key] = _measure(candidates, args)
+    return candidates[choice](*args)
 
 
 def chosen_kernels() -> dict[tuple, str]:
@@ -45,18 +46,18 @@ def chosen_kernels() -> dict[tuple, str]:
     return dict(_choices)
 
 
-def _measure(candidates: Mapping[str, Callable[[], Tensor]]) -> str:
+def _measure(candidates: Mapping[str, Callable[..., Tensor]], args: tuple) -> str:
     names = list(candidates)
     if len(names) == 1 or os.environ.get(_DISABLE_ENV) == "first":
         return names[0]
     best = dict.fromkeys(names, float("inf"))
     with torch.no_grad():  # timing calls must not grow an autograd graph
         for name in names:
-            candidates[name]()  # oneDNN builds its primitive on the first call: keep that out
+            candidates[name](*args)  # oneDNN builds its primitive on the first call: keep that out
         for _ in range(ROUNDS):
             for name in names:
                 start = time.perf_counter()
-                candidates[name]()
+                candidates[name](*args)
                 best[name] = min(best[name], time.perf_counter() - start)
     fastest = min(names, key=best.__getitem__)
     return fastest if best[fastest] < (1 - MARGIN) * best[names[0]] else names[0]

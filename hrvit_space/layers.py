@@ -68,25 +68,30 @@ def _blas_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return to_nchw(F.linear(to_nhwc(x), weight if weight.dim() == 2 else weight.flatten(1), bias))
 
 
+_POINTWISE_KERNELS = {"blas": _blas_pointwise, "onednn": _onednn_pointwise}
+
+
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """1x1 convolution of a (B, C, H, W) map; ``weight`` is (C_out, C_in, 1, 1) or (C_out, C_in)."""
     if _tunable(x):
-        return run_fastest(("pointwise", x.shape, x.stride(), weight.shape[0]), {
-            "blas": lambda: _blas_pointwise(x, weight, bias),
-            "onednn": lambda: _onednn_pointwise(x, weight, bias),
-        })
+        return run_fastest(("pointwise", x.shape, x.stride(), weight.shape[0]), _POINTWISE_KERNELS, x, weight, bias)
     return F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return to_nhwc(_onednn_pointwise(to_nchw(x), weight, bias))
+
+
+_LINEAR_KERNELS = {"blas": F.linear, "onednn": _onednn_linear}
 
 
 def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear`` over the channels of (B, H, W, C) tokens, or the same map as oneDNN's 1x1 conv of
     their channels-last view where that was measured faster (``pointwise_conv``)."""
     if _tunable(x):
-        return run_fastest(("linear", x.shape, x.stride(), weight.shape[0]), {
-            "blas": lambda: F.linear(x, weight, bias),
-            "onednn": lambda: to_nhwc(_onednn_pointwise(to_nchw(x), weight, bias)),
-        })
+        return run_fastest(("linear", x.shape, x.stride(), weight.shape[0]), _LINEAR_KERNELS, x, weight, bias)
     return F.linear(x, weight, bias)
+
 
 
 class Conv1x1(nn.Conv2d):
@@ -293,11 +298,20 @@ def depthwise5_gelu(x: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
     """GELU(depthwise 5x5 conv) of a channels-last (B, C, H, W) map, as (B, H, W, C) tokens. Without
     autograd also as one oneDNN call with GELU fused into the conv, where that was measured faster (at
     56x56x128 on one EPYC thread 0.57-0.73 ms against ~0.95 ms for conv then GELU)."""
-    separate = lambda: F.gelu(to_nhwc(F.conv2d(x, kernel, bias, padding=2, groups=kernel.shape[0])))  # noqa: E731
     if torch.is_grad_enabled() or not _tunable(x) or _FUSED_CONV is None:
-        return separate()
-    fused = lambda: to_nhwc(_FUSED_CONV(x, kernel, bias, [2, 2], [1, 1], [1, 1], kernel.shape[0], "gelu", [], "none"))  # noqa: E731
-    return run_fastest(("depthwise5-gelu", x.shape, x.stride()), {"separate": separate, "fused": fused})
+        return _depthwise5_then_gelu(x, kernel, bias)
+    return run_fastest(("depthwise5-gelu", x.shape, x.stride()), _DEPTHWISE5_GELU_KERNELS, x, kernel, bias)
+
+
+def _depthwise5_then_gelu(x: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
+    return F.gelu(to_nhwc(F.conv2d(x, kernel, bias, padding=2, groups=kernel.shape[0])))
+
+
+def _depthwise5_gelu_fused(x: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
+    return to_nhwc(_FUSED_CONV(x, kernel, bias, [2, 2], [1, 1], [1, 1], kernel.shape[0], "gelu", [], "none"))
+
+
+_DEPTHWISE5_GELU_KERNELS = {"separate": _depthwise5_then_gelu, "fused": _depthwise5_gelu_fused}
 
 
 class PatchEmbed(nn.Module):

@@ -174,7 +174,7 @@ def test_pointwise_layers_run_the_chosen_kernel_and_traces_keep_plain_ops(monkey
     """Each shape runs the kernel chosen for it (measured once, ``hrvit_space.kernels``); oneDNN is called
     directly, never through a dilated conv2d (its dilated kernel took 3-12x longer on small maps)."""
     monkeypatch.setattr(kernels, "_choices", {})
-    monkeypatch.setattr(kernels, "_measure", lambda candidates: choice)
+    monkeypatch.setattr(kernels, "_measure", lambda candidates, args: choice)
     linear, x = TokenLinear(16, 24), torch.randn(1, 56, 56, 16)
     conv = Conv1x1(16, 24)
     with torch.profiler.profile() as prof, torch.no_grad():
@@ -215,7 +215,7 @@ def test_kernel_choice_measures_once_per_key_and_keeps_the_default_unless_clearl
 def run_with_kernel(monkeypatch, choice: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` without autograd, every tunable op running ``choice`` where it is a candidate."""
     monkeypatch.setattr(kernels, "_choices", {})
-    monkeypatch.setattr(kernels, "_measure", lambda candidates: choice if choice in candidates else next(iter(candidates)))
+    monkeypatch.setattr(kernels, "_measure", lambda candidates, args: choice if choice in candidates else next(iter(candidates)))
     with torch.no_grad():
         return module(x)
 
