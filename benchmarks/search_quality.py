@@ -101,8 +101,11 @@ class TrendOracleSampler(CheapFirstSampler):
     deviation is unknown (sd ``DEVIATION_SD``). What it reaches bounds what a better surrogate could add
     to the default's proposal rule on this problem."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._trend: dict[int, float] = {}  # pool row -> hidden trend (decoding a config is the slow part)
+
     def _predict(self, objective, rows, values, query):
-        self._trend = getattr(self, "_trend", {})
         for row in query:
             if row not in self._trend:
                 self._trend[row] = hidden_trend(self.space.decode(self._params[row]))

@@ -93,7 +93,6 @@ def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
-
 class Conv1x1(nn.Conv2d):
     """A 1x1 nn.Conv2d computed by ``pointwise_conv`` (same parameters, same outputs)."""
 

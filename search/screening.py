@@ -228,7 +228,6 @@ class CheapFirstSampler(SharedRead, optuna.samplers.BaseSampler):
         best, gain = _best_expected_improvement(mean * signs, std, front[feasible] * signs, self.rng)
         return int(candidates[best]), {name: float(values[best]) for name, values in predicted.items()}, gain
 
-
     def _predict(self, objective, rows: list[int], values: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictive mean and deviation of the expensive ``objective`` at the pool rows ``query``, from its
         measured ``values`` at the pool rows ``rows``: a Gaussian process. (One place to change the surrogate:
