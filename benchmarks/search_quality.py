@@ -80,7 +80,7 @@ DEVIATION_SD = 0.4  # points of accuracy an architecture deviates from the trend
 def hidden_trend(config) -> float:
     """The smooth part of the hidden accuracy: diminishing returns in per-branch depth x width, window
     context on deep branches."""
-    blocks = [sum(module[b] for module in config.depths if b < len(module)) for b in range(config.num_branches)]
+    blocks = config.blocks_per_branch
     weights = (0.6, 0.9, 1.2, 1.0)  # low-resolution branches carry more semantics
     capacity = sum(w * math.log1p(n * r / 4) for w, n, r in zip(weights, blocks, config.mlp_ratios))
     context = sum(0.25 * math.log2(ws + 1) * math.sqrt(n) for ws, n in zip(config.window_sizes, blocks))

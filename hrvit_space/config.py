@@ -216,8 +216,8 @@ class ArchConfig:
             previous = len(module)
         if previous != len(self.channels):
             _fail("depths", f"the last module has {previous} branches but channels has {len(self.channels)}", "matching branch counts")
-        for b in range(previous):
-            if sum(module[b] for module in self.depths if b < len(module)) < 1:
+        for b, blocks in enumerate(self.blocks_per_branch):
+            if blocks < 1:
                 _fail(f"depths (branch {b})", "the branch has no HRViT block in any module", "at least one block per branch")
 
     # ------------------------------------------------------------------------------------ properties
@@ -232,6 +232,11 @@ class ArchConfig:
     @property
     def module_branches(self) -> tuple[int, ...]:
         return tuple(len(module) for module in self.depths)
+
+    @property
+    def blocks_per_branch(self) -> tuple[int, ...]:
+        """HRViT blocks each branch runs, summed over the modules it appears in (a branch's depth)."""
+        return tuple(sum(module[b] for module in self.depths if b < len(module)) for b in range(len(self.channels)))
 
     def feature_size(self, branch: int) -> tuple[int, int]:
         return branch_feature_size(self.input_size, branch)

@@ -152,10 +152,6 @@ def _block_key(branch: int, window: int, ratio: float) -> str:
     return f"{branch}/{window}/{ratio:g}"
 
 
-def _blocks_per_branch(config: ArchConfig) -> list[int]:
-    return [sum(module[b] for module in config.depths if b < len(module)) for b in range(config.num_branches)]
-
-
 def fit_branch_scales(features: np.ndarray, measured: np.ndarray) -> tuple[list[float], float]:
     """Non-negative ``measured ~ features @ alpha + beta``, ridge-shrunk towards one common scale.
 
@@ -264,7 +260,7 @@ class LatencyPredictor:
         """Uncalibrated sum of the block table over each branch's blocks of ``config``."""
         self._check_structure(config)
         sums = []
-        for b, count in enumerate(_blocks_per_branch(config)):
+        for b, count in enumerate(config.blocks_per_branch):
             key = _block_key(b, config.window_sizes[b], config.mlp_ratios[b])
             if count and key not in self.block_ms:
                 raise PredictorMismatch(
@@ -283,7 +279,7 @@ class LatencyPredictor:
             return self.branch_ms(config)
         self._check_structure(config)
         counts = analytic_counts(config, tuple(self.structure["input_size"]), batch=self.batch)
-        return [*map(float, _blocks_per_branch(config)), counts.macs / 1e9]
+        return [*map(float, config.blocks_per_branch), counts.macs / 1e9]
 
     def predict(self, config: ArchConfig) -> float:
         """Predicted latency in ms per batch (same batch, dtype, runtime, input size and device as the build)."""

@@ -260,12 +260,13 @@ KNOB_FAMILIES = (("depth", "blocks per branch (all modules)"), ("window", "windo
 
 def knob_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per trial and branch: total depth, window size and MLP ratio, read from the stored config."""
+    from hrvit_space import ArchConfig
+
     rows = []
     for number, config_json in zip(trials["number"], trials["config_json"]):
-        config = json.loads(config_json)
-        for b, window in enumerate(config["window_sizes"]):
-            depth = sum(module[b] for module in config["depths"] if b < len(module))
-            rows.append({"number": number, "branch": b, "depth": depth, "window": window, "ratio": config["mlp_ratios"][b]})
+        config = ArchConfig.from_dict(json.loads(config_json))
+        for b, (depth, window, ratio) in enumerate(zip(config.blocks_per_branch, config.window_sizes, config.mlp_ratios)):
+            rows.append({"number": number, "branch": b, "depth": depth, "window": window, "ratio": ratio})
     return pd.DataFrame(rows, columns=["number", "branch", "depth", "window", "ratio"])
 
 

@@ -129,7 +129,7 @@ class CheapFirstSampler(SharedRead, optuna.samplers.BaseSampler):
 
     def _features(self, params: dict[str, Any], config: ArchConfig, cheap: dict[str, float]) -> np.ndarray:
         """Knobs one-hot and scaled, blocks per branch (all modules), log params and log FLOPs (and squares)."""
-        row = [float(sum(module[b] for module in config.depths if b < len(module))) for b in range(config.num_branches)]
+        row = [float(blocks) for blocks in config.blocks_per_branch]
         for knob in self.knobs:
             value = params[knob.name]
             row += [float(value == c) for c in knob.choices]
