@@ -3,7 +3,12 @@
 Task: brain-tissue segmentation on slices of the MNI ICBM152 template (``mni152`` dataset kind, shipped
 in the nilearn wheel: ``pip install -e ".[brain]"``), train/val split by slab, ``--classes`` 3 (default:
 background with CSF, grey and white matter) or 4 (CSF apart; its IoU swung 0.00-0.12 between two seeds
-of one member in the 2026-12-02 pilots, as much as the whole spread between members). Slices are
+of one member in the 2026-12-02 pilots, as much as the whole spread between members), each tissue split
+into its left and right hemisphere with ``--hemispheres 2`` (the default: 5 classes, trained without
+flips). Why split: on tissue alone the smallest (3 blocks) and largest (22 blocks) members tied within
+seed noise even after 1500 iterations (0.830 and 0.827, 2026-12-03 pilots), so the reference could not
+rank anything; telling the symmetric hemispheres apart needs context reaching the midline, and after
+1000 iterations the largest member led the smallest by 0.034 (0.767 against 0.733, two seeds each). Slices are
 ``--size`` (128) pixels, trained on random ``--crop`` (64) crops and validated whole. The SegFormer head
 predicts at 1/4 resolution, which caps mIoU on the thin grey-matter ribbon and CSF: the table prints the
 mIoU of an oracle that knows the true mask at 1/4 resolution (0.61 at 64 pixels, 0.71 at 128), and at
@@ -41,7 +46,9 @@ other work it is slower; the plateau line says whether the standalone curves fla
 2026-12-02 on 2 cores beside other work (load 3-4): a 360-iteration standalone run (EMA evaluations
 included) took 1.9-2.6 min for the smaller half of the members, so 12 members x 2 seeds take over 55 min
 alone, while the supernet (800 iterations, 4 members a step) took 16.5 min and scoring 12 members with 50
-BN batches 1.6 min: the standalone phase is the one to shorten or spread over ``--jobs``. A GPU
+BN batches 1.6 min: the standalone phase is the one to shorten or spread over ``--jobs``. On 2 idle
+cores (2026-12-03), ``--standalone-iterations 1200 --supernet-iterations 1000 --jobs 2`` with two seeds
+and two supernet variants took 38.6 min. A GPU
 user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scale multiplies every
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
@@ -241,6 +248,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, help="benchmark members (default 12)")
     parser.add_argument("--classes", type=int, choices=(3, 4), default=3, help="4: background, CSF, grey, white matter; 3 (default): "
                         "CSF merged into background (CSF's IoU swings 0.00-0.12 between seeds of one member)")
+    parser.add_argument("--hemispheres", type=int, choices=(1, 2), default=2, help="2 (default): each tissue class split into "
+                        "left and right hemisphere, a task that needs long-range context; 1: tissue only (members tie)")
     parser.add_argument("--ema", type=float, default=0.98, help="decay of the weight average the standalone members are scored "
                         "with (0: the raw weights); their BN statistics are recalibrated like the supernet estimator's (default 0.98)")
     parser.add_argument("--standalone-iterations", type=int, help="iterations per standalone member (overrides --scale for them)")
@@ -282,7 +291,7 @@ def main() -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    spec = DatasetSpec.parse(f"mni152:size={args.size},classes={args.classes}")
+    spec = DatasetSpec.parse(f"mni152:size={args.size},classes={args.classes},hemispheres={args.hemispheres}")
     if not 0 < args.crop <= args.size:
         parser.error(f"--crop {args.crop} must be between 1 and --size {args.size}")
     space = SearchSpace.from_dict({**SPACE, "base": {**SPACE["base"], "input_size": [args.crop, args.crop],

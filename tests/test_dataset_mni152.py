@@ -44,6 +44,29 @@ def test_classes_3_merges_csf_into_background_and_keeps_the_tissues():
         DatasetSpec(kind="mni152", num_classes=4, options={"classes": 3})
 
 
+def test_hemispheres_2_splits_each_tissue_at_the_midline_and_training_does_not_flip():
+    from training.trainer import build_train_set
+
+    tissue, sides = DatasetSpec.parse("mni152:size=48,classes=3"), DatasetSpec.parse("mni152:size=48,classes=3,hemispheres=2")
+    assert sides.num_classes == 5 and DatasetSpec.from_dict(sides.to_dict()) == sides
+    merged, split = build_dataset(tissue, "val"), build_dataset(sides, "val")
+    assert split.class_names == ["background/csf", "grey matter (left)", "white matter (left)", "grey matter (right)", "white matter (right)"]
+    assert torch.equal(split.images, merged.images)
+    # Folding the sides back gives the tissue labels: nothing but the hemisphere changed.
+    assert torch.equal(torch.where(split.masks > 2, split.masks - 2, split.masks), merged.masks)
+    # Image columns run along MNI x (left to right): left tissue lies left of the centre, right tissue right of it.
+    columns = torch.arange(48).expand_as(split.masks)
+    left, right = columns[(split.masks == 1) | (split.masks == 2)], columns[split.masks >= 3]
+    assert left.max() < right.min() and abs(float(left.max() + right.min()) / 2 - 24) <= 1  # one plane, the centre
+    assert left.float().mean() < 20 < 28 < right.float().mean()  # each side holds a hemisphere, not a sliver
+    assert tissue.mirror_invariant and not sides.mirror_invariant
+    recipe = TrainRecipe.for_spec(sides)
+    assert all("Flip" not in type(step).__name__ or step.p == 0 for step in build_train_set(sides, recipe).transform.augment)
+    assert any("Flip" in type(step).__name__ and step.p > 0 for step in build_train_set(tissue, recipe).transform.augment)
+    with pytest.raises(DatasetError, match="hemispheres=3; allowed: 1"):
+        DatasetSpec.parse("mni152:hemispheres=3")
+
+
 def test_split_by_slab_keeps_a_gap_between_train_and_val():
     split = mni152.split_slices(40, slab=4)
     assert split["val"] == [12, 13, 14, 15, 28, 29, 30, 31]

@@ -103,7 +103,8 @@ def build_train_set(spec, recipe: TrainRecipe) -> Dataset:
     from training.data import build_dataset
     from training.data.transforms import TrainTransform
 
-    return build_dataset(spec, "train", transform=TrainTransform(recipe.crop_size, ignore_index=spec.ignore_index))
+    flip = 0.5 if spec.mirror_invariant else 0.0
+    return build_dataset(spec, "train", transform=TrainTransform(recipe.crop_size, ignore_index=spec.ignore_index, flip_prob=flip))
 
 
 def build_val_set(spec) -> Dataset:

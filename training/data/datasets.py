@@ -45,7 +45,8 @@ FOLDER_LAYOUT = "folder layout: classes.txt, images/{train,val}/*.png|jpg, masks
 SPEC_FORMS = (
     "synthetic",
     "synthetic:num_samples=256,val_samples=64,size=64,seed=0,num_classes=4",
-    "mni152:size=64,slab=8,classes=4 (brain slices shipped in the nilearn wheel; classes=3 merges CSF into background)",
+    "mni152:size=64,slab=8,classes=4,hemispheres=1 (brain slices shipped in the nilearn wheel; classes=3 merges CSF into "
+    "background, hemispheres=2 splits each tissue into left and right)",
     "ade20k:/path/to/ADEChallengeData2016",
     "cityscapes:/path/to/cityscapes",
     "folder:/path/to/dataset (classes.txt, images/{train,val}, masks/{train,val})",
@@ -97,7 +98,7 @@ class DatasetSpec:
     """Which dataset to read: ``kind``, ``root`` and the derived ``num_classes``.
 
     ``options`` only applies to the kinds without a root: ``synthetic`` (num_samples, val_samples, size,
-    seed, num_classes) and ``mni152`` (size, slab, classes).
+    seed, num_classes) and ``mni152`` (size, slab, classes, hemispheres).
     """
 
     kind: str
@@ -147,7 +148,7 @@ class DatasetSpec:
         if self.kind == "folder":  # a stored spec carries num_classes, so only new specs need the data here
             return len(_read_class_list(Path(self.root)))
         if self.kind == "mni152":
-            return len(mni152_class_names(self.options.get("classes", MNI152_OPTIONS["classes"])))
+            return len(mni152_class_names(self.option("classes"), self.option("hemispheres")))
         return self.options.get("num_classes", SYNTHETIC_OPTIONS["num_classes"])
 
     @classmethod
@@ -188,6 +189,11 @@ class DatasetSpec:
         if self.kind == "synthetic" and name == "val_samples" and name not in self.options:
             return max(1, self.option("num_samples") // 4)
         return self.options.get(name, KIND_OPTIONS[self.kind][name])
+
+    @property
+    def mirror_invariant(self) -> bool:
+        """Whether a left-right flipped image keeps its mask's meaning (False: training must not flip it)."""
+        return not (self.kind == "mni152" and self.option("hemispheres") == 2)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -349,7 +355,7 @@ def build_dataset(spec: DatasetSpec, split: str, transform: Callable | None = No
         )
     if spec.kind == "mni152":
         return MNI152Slices(split, size=spec.option("size"), slab=spec.option("slab"), transform=transform,
-                            classes=spec.option("classes"))
+                            classes=spec.option("classes"), hemispheres=spec.option("hemispheres"))
     reader = {"ade20k": ade20k, "cityscapes": cityscapes, "folder": folder}[spec.kind]
     dataset = reader(spec.root, split, spec.ignore_index, transform)
     if dataset.num_classes != spec.num_classes:
