@@ -53,6 +53,11 @@ user runs it bigger with ``--scale 4 --size 256 --crop 128 --device cuda`` (scal
 iteration count and the predictor's samples). ``--smoke`` runs every phase for a few iterations (about a minute)
 to prove the script works; its numbers mean nothing.
 
+Reproducibility: the kernels are picked by timing (``hrvit_space.kernels``), and at this budget training
+is chaotic enough that their rounding differences move one supernet's scores by 0.03 mIoU between two
+runs of the same recipe (their rankings agreed at tau 0.36 on 2026-12-03). Set ``HRVIT_NAS_KERNELS=first``
+for bitwise-repeatable runs; compare estimators only by what repeats.
+
     python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--scale 0.5]
 """
 
