@@ -66,15 +66,15 @@ def _volumes() -> dict[str, np.ndarray]:
         distribution = importlib.metadata.distribution("nilearn")
     except (ImportError, importlib.metadata.PackageNotFoundError):
         raise DatasetError(f"dataset mni152 reads the MNI ICBM152 template inside the nilearn wheel; {INSTALL_HINT}") from None
-    volumes = {}
+    volumes, affines = {}, {}
     for volume, relative in FILES.items():
         path = distribution.locate_file(relative)
         if not path.is_file():
             raise DatasetError(f"the installed nilearn lacks {relative}; reinstall it: pip install --force-reinstall nilearn")
         image = nibabel.load(str(path))
-        volumes[volume] = np.asarray(image.dataobj, dtype=np.float32) / 255.0
+        volumes[volume], affines[volume] = np.asarray(image.dataobj, dtype=np.float32) / 255.0, image.affine
     grid = np.indices(volumes["t1"].shape, sparse=True)
-    world_x = sum(image.affine[0, axis] * grid[axis] for axis in range(3)) + image.affine[0, 3]
+    world_x = sum(affines["t1"][0, axis] * grid[axis] for axis in range(3)) + affines["t1"][0, 3]
     volumes["right"] = np.broadcast_to(world_x > 0, volumes["t1"].shape).astype(np.float32)
     return volumes
 
