@@ -56,7 +56,9 @@ to prove the script works; its numbers mean nothing.
 Reproducibility: the kernels are picked by timing (``hrvit_space.kernels``), and at this budget training
 is chaotic enough that their rounding differences move one supernet's scores by 0.03 mIoU between two
 runs of the same recipe (their rankings agreed at tau 0.36 on 2026-12-03). Set ``HRVIT_NAS_KERNELS=first``
-for bitwise-repeatable runs; compare estimators only by what repeats.
+for bitwise-repeatable runs; compare estimators only by what repeats. ``--supernet-seeds N`` trains each
+variant's supernet from N seeds and scores by their mean, printing the seeds' agreement beside the
+reference's.
 
     python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--scale 0.5]
 """
@@ -234,6 +236,27 @@ def resolution_ceiling(spec: DatasetSpec) -> float:
     return confusion.compute()["miou"]
 
 
+class SeedMean:
+    """Supernet estimators trained from different seeds, scored by their mean (one seed's ranking is mostly noise here)."""
+
+    def __init__(self, scorers: list[SupernetEstimator]) -> None:
+        self.scorers = scorers
+        self.metric_name, self.unit = scorers[0].metric_name, scorers[0].unit
+
+    def per_seed(self, member) -> list[float]:
+        return [scorer.estimate(member) for scorer in self.scorers]
+
+    def estimate(self, member) -> float:
+        return float(np.mean(self.per_seed(member)))
+
+
+def seed_agreement(per_seed: pd.DataFrame) -> float:
+    """Mean Kendall tau over every pair of seed columns: the tau an estimator or the reference reaches against itself."""
+    columns = list(per_seed.columns)
+    return float(np.mean([scipy.stats.kendalltau(per_seed[a], per_seed[b]).statistic
+                          for i, a in enumerate(columns) for b in columns[i + 1:]]))
+
+
 def _number(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
@@ -265,6 +288,8 @@ def main() -> None:
                         "(alongside the main process, which trains and scores the estimators meanwhile)")
     parser.add_argument("--standalone-seeds", type=int, default=2, help="seeds per standalone member; the reference is "
                         "their mean plateau and the table says how well the seeds agree (default 2)")
+    parser.add_argument("--supernet-seeds", type=int, default=1, help="supernets trained per variant, each from its own seed; "
+                        "a variant's score is their mean and the table says how well the seeds agree (default 1)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -275,8 +300,9 @@ def main() -> None:
         reused = VARIANTS[name][4]
         if reused and reused not in variants[: variants.index(name)]:
             parser.error(f"variant {name} reuses the {reused} supernet; list {reused} before it")
-    if args.standalone_seeds < 1:
-        parser.error(f"--standalone-seeds {args.standalone_seeds}; allowed: an integer >= 1")
+    for name in ("standalone_seeds", "supernet_seeds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}; allowed: an integer >= 1")
     if not 0 <= args.ema < 1:
         parser.error(f"--ema {args.ema}; allowed: a decay in [0, 1) (0 scores the raw weights)")
     if args.jobs < 1:
@@ -320,26 +346,30 @@ def main() -> None:
         runs = [[pool.submit(standalone, member, dataclasses.replace(recipe, seed=seed), out / "standalone", args.device, args.ema,
                              settings.bn_batches) for seed in seeds]
                 for member in members]
-        checkpoints: dict[str, Path] = {}
-        supernet_scorers: dict[str, SupernetEstimator] = {}
+        checkpoints: dict[str, list[Path]] = {}
+        supernet_scorers: dict[str, SeedMean] = {}
         for name in variants:
             factor, warm, batches, distill, reused = VARIANTS[name]
             phase = time.perf_counter()
             if reused is None:
                 super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0,
                                                     crop_size=size)
-                checkpoints[name] = train_supernet(space, super_recipe, out / "supernet" / name, device=args.device, distill=distill,
-                                                   random_members=settings.random_members, init=runs[-1][0].result()["weights"] if warm else None,
-                                                   log=lambda line: log(f"supernet {name}: {line}"))
-            scorer = SupernetEstimator(checkpoint=str(checkpoints[reused or name]), batches=batches or settings.bn_batches,
-                                       val_samples=settings.val_samples, device=args.device)
+                checkpoints[name] = [
+                    train_supernet(space, dataclasses.replace(super_recipe, seed=seed), out / "supernet" / name / f"seed{seed}",
+                                   device=args.device, distill=distill, random_members=settings.random_members,
+                                   init=runs[-1][0].result()["weights"] if warm else None,
+                                   log=lambda line, seed=seed: log(f"supernet {name} seed {seed}: {line}"))
+                    for seed in range(args.supernet_seeds)]
+            scorer = SeedMean([SupernetEstimator(checkpoint=str(path), batches=batches or settings.bn_batches, val_samples=settings.val_samples,
+                                                 device=args.device) for path in checkpoints[reused or name]])
             supernet_scorers[name] = scorer
-            column = f"supernet:{name}"
             for row, member in zip(rows, members):
-                row[column] = scorer.estimate(member)
+                per_seed = scorer.per_seed(member)
+                row[f"supernet:{name}"] = float(np.mean(per_seed))
+                row.update({f"supernet:{name}:seed{seed}": value for seed, value in enumerate(per_seed)})
             timings[f"supernet {name}"] = time.perf_counter() - phase
             atomic_write_text(out / "scores_partial.csv", pd.DataFrame(rows).to_csv(index=False))  # a run stopped later keeps these
-            log(f"supernet {name}: scored {len(members)} members in {timings[f'supernet {name}'] / 60:.1f} min")
+            log(f"supernet {name}: {args.supernet_seeds} seed(s), scored {len(members)} members in {timings[f'supernet {name}'] / 60:.1f} min")
 
         phase = time.perf_counter()
         short = ShortTrainEstimator(data=spec, iterations=settings.short_iterations, eval_points=1, val_samples=settings.val_samples,
@@ -387,15 +417,25 @@ def main() -> None:
            and by_name.loc[f"supernet:{n}", "kendall_tau_low"] > zero_cost_tau]
     member_table = scores[["member", REFERENCE, "seed_spread", "last_quarter_gain", *estimators]].round(4)
     if args.standalone_seeds > 1:
-        seed_tau = scipy.stats.kendalltau(scores["seed0"], scores["seed1"]).statistic
         per_seed = scores[[f"seed{seed}" for seed in seeds]]
+        seed_tau = seed_agreement(per_seed)
         centred_spread = float(np.ptp((per_seed - per_seed.mean()).to_numpy(), axis=1).mean())
-        seed_line = (f"Reference reproducibility: Kendall tau {seed_tau:.3f} between the rankings of seeds 0 and 1; mean "
+        seed_line = (f"Reference reproducibility: Kendall tau {seed_tau:.3f} between the seeds' rankings (mean over pairs); mean "
                      f"seed-to-seed spread {scores['seed_spread'].mean():.4f} mIoU against a member range of "
                      f"{scores[REFERENCE].max() - scores[REFERENCE].min():.4f}; {centred_spread:.4f} once each seed's mean over "
                      "the members is removed (a seed shifts every member alike: the seed sets the data order, shared by all).")
     else:
         seed_line = "Reference reproducibility: not measured (one standalone seed; use --standalone-seeds 2)."
+    if args.supernet_seeds > 1:
+        agreements = []
+        for name in variants:
+            columns = [f"supernet:{name}:seed{seed}" for seed in range(args.supernet_seeds)]
+            against = ", ".join(f"{scipy.stats.kendalltau(scores[c], scores[REFERENCE]).statistic:.3f}" for c in columns)
+            agreements.append(f"{name}: Kendall tau {seed_agreement(scores[columns]):.3f} between seeds (mean over pairs), "
+                              f"each seed against the reference {against}")
+        supernet_line = "Supernet reproducibility (each variant's supernets from different seeds): " + "; ".join(agreements) + "."
+    else:
+        supernet_line = "Supernet reproducibility: not measured (one supernet per variant; use --supernet-seeds 2)."
     unconverged = scores.loc[scores["last_quarter_gain"] >= PLATEAU_GAIN, "member"].tolist()
     plateau_line = (f"Standalone curves: all {len(members)} gained < {PLATEAU_GAIN} mIoU over their last quarter (converged)."
                     if not unconverged else f"Standalone curves NOT converged (gain >= {PLATEAU_GAIN} over the last quarter): "
@@ -414,6 +454,7 @@ def main() -> None:
         markdown(correlation_table(table)),
         plateau_line,
         seed_line,
+        supernet_line,
         f"Resolution ceiling: an oracle that knows the true val masks at 1/{HEAD_STRIDE} resolution scores {ceiling:.3f} mIoU; "
         f"standalone plateaus span {scores[REFERENCE].min():.3f}-{scores[REFERENCE].max():.3f}.",
         f"Goal (supernet tau >= 0.7 with its lower bound above the zero-cost tau {zero_cost_tau:.3f}): "
