@@ -90,7 +90,7 @@ from search.estimators import make_estimator  # noqa: E402
 from training.accuracy_predictor import fit_predictor  # noqa: E402
 from training.data import DatasetSpec, build_dataset  # noqa: E402
 from training.estimators import ShortTrainEstimator, SupernetEstimator  # noqa: E402
-from training.rank_check import REFERENCE, correlation_table, correlations, distinct_members  # noqa: E402
+from training.rank_check import REFERENCE, correlation_table, correlations, distinct_members, seed_agreement  # noqa: E402
 from training.recipe import TrainRecipe  # noqa: E402
 from training.supernet_train import train_supernet  # noqa: E402
 
@@ -248,13 +248,6 @@ class SeedMean:
 
     def estimate(self, member) -> float:
         return float(np.mean(self.per_seed(member)))
-
-
-def seed_agreement(per_seed: pd.DataFrame) -> float:
-    """Mean Kendall tau over every pair of seed columns: the tau an estimator or the reference reaches against itself."""
-    columns = list(per_seed.columns)
-    return float(np.mean([scipy.stats.kendalltau(per_seed[a], per_seed[b]).statistic
-                          for i, a in enumerate(columns) for b in columns[i + 1:]]))
 
 
 def _number(value: float | None) -> str:

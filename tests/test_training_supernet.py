@@ -17,7 +17,7 @@ from test_training import SPEC, run_cli, tiny_config
 from training.estimators import ShortTrainEstimator, SupernetEstimator
 from training.recipe import TrainRecipe
 from training.accuracy_predictor import fit_from_supernet
-from training.rank_check import correlations, rank_check, top_overlap
+from training.rank_check import correlations, rank_check, seed_agreement, top_overlap
 from training.supernet_train import distillation_loss, load_supernet, sandwich_members, train_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,10 +99,18 @@ def test_rank_check_reports_correlations_against_standalone_training(trained_sup
     assert predictor.metrics["heldout_samples"] == 3 and predictor.metrics["heldout_mae"] < 0.5
     predictor.save(tmp_path / "predictor.json")
     result = rank_check(trained_supernet, None, members=4, train_iterations=2, device="cpu", batches=1, val_samples=4,
-                        predictor=tmp_path / "predictor.json", log=lambda _: None)
+                        predictor=tmp_path / "predictor.json", reference_seeds=2, log=lambda _: None)
     scores = result.scores
     assert list(scores["member"][:2]) == ["largest", "smallest"] and scores["config_hash"].is_unique
-    assert {"supernet", "zero-cost", "predictor", "standalone"} <= set(scores.columns)
+    assert {"supernet", "zero-cost", "predictor", "standalone", "standalone:seed0", "standalone:seed1"} <= set(scores.columns)
+    # the reference is the mean of its seeds, and its agreement with itself is reported beside the estimators
+    assert scores["standalone"].tolist() == pytest.approx(((scores["standalone:seed0"] + scores["standalone:seed1"]) / 2).tolist())
+    assert scores["standalone:seed0"].tolist() != scores["standalone:seed1"].tolist()  # the seeds train differently
+    expected_agreement = kendalltau(scores["standalone:seed0"], scores["standalone:seed1"])[0]
+    assert result.reference_agreement == pytest.approx(expected_agreement)
+    assert f"standalone reproducibility: Kendall tau {expected_agreement:.3f} between its 2 seeds" in result.to_text()
+    with pytest.raises(UserError, match="--reference-seeds 0"):
+        rank_check(trained_supernet, None, members=4, reference_seeds=0)
     table = result.correlations.set_index("estimator")
     row = table.loc["supernet"]
     expected = kendalltau(scores["supernet"], scores["standalone"])[0]
@@ -127,6 +135,9 @@ def test_rank_statistics_intervals_and_top_overlap():
     assert noisy["spearman_rho_low"] < noisy["spearman_rho"] <= noisy["spearman_rho_high"]
     assert noisy["top3_overlap"] == pytest.approx(2 / 3)  # best three: 1.0, 0.9, 0.8 vs 0.9, 1.0, 0.7
     assert top_overlap([3, 2, 1], [1, 2, 3], k=1) == 0 and top_overlap([1, 2, 3], [1, 2, 3], k=2) == 1
+    seeds = pd.DataFrame({"a": reference, "b": reference, "c": reference[::-1]})
+    assert seed_agreement(seeds[["a", "b"]]) == pytest.approx(1.0) and seed_agreement(seeds[["a", "c"]]) == pytest.approx(-1.0)
+    assert seed_agreement(seeds) == pytest.approx((1 - 1 - 1) / 3)  # the mean over the three pairs
 
 
 def test_supernet_training_and_estimators_form_no_import_circle():
@@ -201,6 +212,8 @@ def test_cli_train_supernet_and_rank_check(tmp_path, capsys, trained_supernet):
     assert "at least 3 members" in capsys.readouterr().err
     assert run_cli(["rank-check", "--supernet", str(trained_supernet), "--estimators", "oracle"]) == 2
     assert "unknown estimator 'oracle'" in capsys.readouterr().err
+    assert run_cli(["rank-check", "--supernet", str(trained_supernet), "--reference-seeds", "0"]) == 2
+    assert "--reference-seeds 0" in capsys.readouterr().err
 
     predictor = tmp_path / "predictor.json"
     code = run_cli(["fit-predictor", "--supernet", str(trained_supernet), "--samples", "8", "--batches", "1",

@@ -51,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rank.add_argument("--data", help="dataset spec (default: the supernet's training data)")
     rank.add_argument("--members", type=int, default=8, help="number of members to compare (>= 3)")
     rank.add_argument("--train-iterations", type=int, default=200, help="standalone training iterations per member")
-    rank.add_argument("--estimators", default="supernet,zero-cost", help="comma-separated estimator names")
+    rank.add_argument("--estimators", default="supernet,zero-cost,params", help="comma-separated estimator names "
+                      "(params: the capacity proxy any estimator should beat)")
+    rank.add_argument("--reference-seeds", type=int, default=1, help="standalone runs per member, each from its own seed; "
+                      "the reference is their mean and 2 or more print how well it agrees with itself (default 1)")
     rank.add_argument("--batches", type=int, default=20, help="BN recalibration batches for the supernet estimator")
     rank.add_argument("--val-samples", type=int, help="cap on validation images per evaluation")
     rank.add_argument("--out", help="directory for rank_scores.csv and rank_correlations.csv")
@@ -178,12 +181,13 @@ def _rank_check(args: argparse.Namespace) -> int:
     _positive(args.train_iterations, "--train-iterations")
     _positive(args.batches, "--batches")
     _positive(args.val_samples, "--val-samples")
+    _positive(args.reference_seeds, "--reference-seeds")
     estimators = tuple(name.strip() for name in args.estimators.split(",") if name.strip())
     if not estimators:
         raise UserError("--estimators is empty; pass e.g. --estimators supernet,zero-cost")
     result = rank_check(args.supernet, args.data, args.members, args.train_iterations, estimators=estimators,
                         device=args.device, seed=args.seed, batches=args.batches, val_samples=args.val_samples,
-                        predictor=args.predictor)
+                        predictor=args.predictor, reference_seeds=args.reference_seeds)
     print(result.to_text())
     if args.out:
         result.save(args.out)

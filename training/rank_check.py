@@ -4,6 +4,11 @@ For a seeded sample of supernet members, score each with the estimators and with
 training (the reference), then report per estimator Kendall's tau and Spearman's rho against it, each
 with a bootstrap 95% interval (members resampled with replacement), and the top-3 overlap. With 8-12
 members the intervals are wide; they say how much of a tau is luck of the sample.
+
+The reference is itself noisy: at CPU budgets two seeds of the same standalone recipe ranked 12 members
+at Kendall tau 0.0-0.4 against each other (benchmarks/estimator_ranking.py, 2026-12-02/03), and no
+estimator can be judged above the tau its reference reaches against itself. ``reference_seeds`` >= 2
+trains every member from that many seeds, ranks by their mean and reports their agreement.
 """
 
 from __future__ import annotations
@@ -29,11 +34,17 @@ class RankCheckResult:
     # One row per estimator: kendall_tau (+ _low/_high 95% bootstrap bounds), kendall_p, spearman_rho (+ bounds),
     # spearman_p, top3_overlap.
     correlations: pd.DataFrame
+    reference_agreement: float | None = None  # mean Kendall tau between the reference seeds' rankings; None: one seed
 
     def to_text(self) -> str:
+        seeds = sum(column.startswith(f"{REFERENCE}:seed") for column in self.scores.columns)
+        agreement = (f"{REFERENCE} reproducibility: Kendall tau {self.reference_agreement:.3f} between its {seeds} seeds' rankings "
+                     "(mean over pairs); no estimator can be judged above it" if self.reference_agreement is not None else
+                     f"{REFERENCE} reproducibility: not measured (one seed); --reference-seeds 2 says how well the reference "
+                     "ranks against itself")
         return (f"scores per member:\n{self.scores.to_string(index=False, float_format=lambda v: f'{v:.4f}')}\n\n"
                 f"rank correlation with {REFERENCE} training ({len(self.scores)} members, bootstrap 95% intervals):\n"
-                f"{correlation_table(self.correlations).to_string(index=False)}")
+                f"{correlation_table(self.correlations).to_string(index=False)}\n{agreement}")
 
     def save(self, out_dir: str | Path) -> None:
         from hrvit_nas import atomic_write_text
@@ -63,6 +74,15 @@ def distinct_members(space, count: int, seed: int) -> list:
     if len(members) < 3:
         raise UserError(f"the supernet's space has only {len(members)} distinct members; rank-check needs at least 3")
     return members
+
+
+def seed_agreement(per_seed: pd.DataFrame) -> float:
+    """Mean Kendall tau over every pair of columns (one column per seed): the tau a noisy ranking reaches against itself."""
+    columns = list(per_seed.columns)
+    if len(columns) < 2:
+        raise ValueError("seed agreement needs at least two seed columns")
+    return float(sum(kendalltau(per_seed[a], per_seed[b]).statistic for i, a in enumerate(columns) for b in columns[i + 1:])
+                 / (len(columns) * (len(columns) - 1) / 2))
 
 
 def _bootstrap_interval(statistic, x, y, resamples: int, seed: int) -> tuple[float, float]:
@@ -134,12 +154,16 @@ def rank_check(
     batches: int = 20,
     val_samples: int | None = None,
     predictor: str | Path | None = None,
+    reference_seeds: int = 1,
     log: Callable[[str], None] = print,
 ) -> RankCheckResult:
     """Score ``members`` members of the supernet's space by each estimator and by standalone training.
 
-    ``predictor`` (a fitted accuracy predictor's JSON) adds the ``predictor`` estimator.
+    ``predictor`` (a fitted accuracy predictor's JSON) adds the ``predictor`` estimator. ``reference_seeds``
+    trains each member from seeds ``seed``, ``seed + 1``, ...: the reference is their mean.
     """
+    if not isinstance(reference_seeds, int) or isinstance(reference_seeds, bool) or reference_seeds < 1:
+        raise UserError(f"--reference-seeds {reference_seeds!r}; allowed: an integer >= 1 (2 or more measure the reference's noise)")
     from search import make_estimator
     from training.estimators import ShortTrainEstimator, SupernetEstimator
 
@@ -152,17 +176,21 @@ def rank_check(
         built[name] = supernet_estimator if name == "supernet" else make_estimator(name, input_size=crop, device=str(supernet_estimator.device), seed=seed)
     if predictor is not None:  # registered like every estimator, so rank_check needs no import of its module
         built["predictor"] = make_estimator("predictor", predictor=str(predictor))
-    reference = ShortTrainEstimator(data=spec, iterations=train_iterations, eval_points=1, val_samples=val_samples,
-                                    device=device, seed=seed)
+    references = {f"{REFERENCE}:seed{seed + k}": ShortTrainEstimator(data=spec, iterations=train_iterations, eval_points=1,
+                                                                   val_samples=val_samples, device=device, seed=seed + k)
+                  for k in range(reference_seeds)}
     rows = []
     for index, config in enumerate(distinct_members(supernet_estimator.space, members, seed)):
         row: dict[str, Any] = {"member": config.name, "config_hash": config.replace(name=None).content_hash()}
         for name, estimator in built.items():
             row[name] = float(estimator.estimate(config))
-        row[REFERENCE] = reference.estimate(config)
+        per_seed = {column: reference.estimate(config) for column, reference in references.items()}
+        row[REFERENCE] = sum(per_seed.values()) / len(per_seed)
+        if reference_seeds > 1:
+            row.update(per_seed)
         log(f"[{index + 1}/{members}] {row['member']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in [*built, REFERENCE]))
         rows.append(row)
     scores = pd.DataFrame(rows)
     table = correlations(scores, list(built), seed=seed)
     table.insert(1, "measures", [getattr(built[name], "metric_name", name) for name in built])
-    return RankCheckResult(scores, table)
+    return RankCheckResult(scores, table, seed_agreement(scores[list(references)]) if reference_seeds > 1 else None)
