@@ -58,7 +58,11 @@ is chaotic enough that their rounding differences move one supernet's scores by 
 runs of the same recipe (their rankings agreed at tau 0.36 on 2026-12-03). Set ``HRVIT_NAS_KERNELS=first``
 for bitwise-repeatable runs; compare estimators only by what repeats. ``--supernet-seeds N`` trains each
 variant's supernet from N seeds and scores by their mean, printing the seeds' agreement beside the
-reference's.
+reference's. ``--reference rank_scores.csv`` reuses an earlier run's standalone reference (matched by
+config hash) instead of training one, so a supernet recipe is compared in the supernet's own time;
+``benchmarks/reference/mni152-hemispheres-1200it-3seeds.csv`` is the default members' reference of
+2026-12-03 (run 2 in RESULTS.md: 3 seeds x 1200 iterations, rebuilt from its table, so without per-seed
+columns).
 
     python benchmarks/estimator_ranking.py --out runs/estimator-ranking [--scale 0.5]
 """
@@ -73,6 +77,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -236,6 +241,30 @@ def resolution_ceiling(spec: DatasetSpec) -> float:
     return confusion.compute()["miou"]
 
 
+def supernet_job(space: SearchSpace, recipe: TrainRecipe, out: Path, device: str, distill: str, random_members: int,
+                 init: str | None, label: str) -> Path:
+    """One supernet trained from ``recipe.seed`` (a top-level function, so worker processes can run it)."""
+    return train_supernet(space, recipe, out, device=device, distill=distill, random_members=random_members, init=init,
+                          log=lambda line: print(f"{label}: {line}", flush=True))
+
+
+def read_reference(path: Path, members: list) -> list[dict]:
+    """Each member's standalone reference from an earlier run's ``rank_scores.csv`` (matched by config hash)."""
+    frame = pd.read_csv(path, dtype={"config_hash": str})
+    required = {"config_hash", REFERENCE, "seed_spread", "last_quarter_gain"}
+    if not required <= set(frame.columns):
+        raise ValueError(f"--reference {path} lacks the columns {', '.join(sorted(required - set(frame.columns)))}; pass the "
+                         "rank_scores.csv an earlier run of this benchmark wrote")
+    kept = [c for c in frame.columns if c in (REFERENCE, "seed_spread", "last_quarter_gain", "curve") or re.fullmatch(r"seed\d+", c)]
+    by_hash = frame.set_index("config_hash")[kept]
+    hashes = [m.replace(name=None).content_hash() for m in members]
+    missing = [m.name for m, h in zip(members, hashes) if h not in by_hash.index]
+    if missing:
+        raise ValueError(f"--reference {path} lacks members {', '.join(missing)}: it was made for other members (another space, "
+                         "--members, --crop or --hemispheres); rerun without --reference")
+    return [by_hash.loc[h].dropna().to_dict() for h in hashes]
+
+
 class SeedMean:
     """Supernet estimators trained from different seeds, scored by their mean (one seed's ranking is mostly noise here)."""
 
@@ -283,6 +312,9 @@ def main() -> None:
                         "their mean plateau and the table says how well the seeds agree (default 2)")
     parser.add_argument("--supernet-seeds", type=int, default=1, help="supernets trained per variant, each from its own seed; "
                         "a variant's score is their mean and the table says how well the seeds agree (default 1)")
+    parser.add_argument("--reference", type=Path, help="rank_scores.csv of an earlier run with the same members: reuse its "
+                        "standalone reference (the expensive phase) instead of training one; the supernet seeds then train side "
+                        "by side in the --jobs workers")
     parser.add_argument("--smoke", action="store_true", help="a few iterations of every phase (proves the script runs)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -296,6 +328,11 @@ def main() -> None:
     for name in ("standalone_seeds", "supernet_seeds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}; allowed: an integer >= 1")
+    if args.reference is not None:
+        if not args.reference.is_file():
+            parser.error(f"--reference {args.reference}: no such file; pass the rank_scores.csv of an earlier run")
+        if any(VARIANTS[name][1] for name in variants):
+            parser.error("the warm-start variant starts from a standalone member, which --reference does not train; drop one of them")
     if not 0 <= args.ema < 1:
         parser.error(f"--ema {args.ema}; allowed: a decay in [0, 1) (0 scores the raw weights)")
     if args.jobs < 1:
@@ -327,6 +364,10 @@ def main() -> None:
     classes = build_dataset(spec, "val").class_names
     log(f"{len(members)} members, {proxies['flops'].estimate(members[0]):.3f}-{proxies['flops'].estimate(members[-1]):.3f} GFLOPs; {settings}")
     rows = [{"member": m.name, "config_hash": m.replace(name=None).content_hash()} for m in members]
+    try:
+        reference = read_reference(args.reference, members) if args.reference is not None else None
+    except ValueError as error:
+        parser.error(str(error))
 
     submitted = time.perf_counter()
     interval = max(1, settings.standalone_iterations // settings.evaluations)
@@ -336,9 +377,11 @@ def main() -> None:
                                                 initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # the standalone members train in worker processes while this one trains and scores the estimators
         seeds = range(args.standalone_seeds)
-        runs = [[pool.submit(standalone, member, dataclasses.replace(recipe, seed=seed), out / "standalone", args.device, args.ema,
-                             settings.bn_batches) for seed in seeds]
-                for member in members]
+        runs = [] if reference is not None else [
+            [pool.submit(standalone, member, dataclasses.replace(recipe, seed=seed), out / "standalone", args.device, args.ema,
+                         settings.bn_batches) for seed in seeds]
+            for member in members]
+        train_all = pool.map if reference is not None else map  # the workers are free when no standalone member trains
         checkpoints: dict[str, list[Path]] = {}
         supernet_scorers: dict[str, SeedMean] = {}
         for name in variants:
@@ -347,12 +390,10 @@ def main() -> None:
             if reused is None:
                 super_recipe = TrainRecipe.for_spec(spec, iterations=settings.supernet_iterations * factor, eval_interval=0, checkpoint_interval=0,
                                                     crop_size=size)
-                checkpoints[name] = [
-                    train_supernet(space, dataclasses.replace(super_recipe, seed=seed), out / "supernet" / name / f"seed{seed}",
-                                   device=args.device, distill=distill, random_members=settings.random_members,
-                                   init=runs[-1][0].result()["weights"] if warm else None,
-                                   log=lambda line, seed=seed: log(f"supernet {name} seed {seed}: {line}"))
-                    for seed in range(args.supernet_seeds)]
+                init = str(runs[-1][0].result()["weights"]) if warm else None
+                checkpoints[name] = list(train_all(supernet_job, *zip(*[
+                    (space, dataclasses.replace(super_recipe, seed=seed), out / "supernet" / name / f"seed{seed}", args.device, distill,
+                     settings.random_members, init, f"supernet {name} seed {seed}") for seed in range(args.supernet_seeds)])))
             scorer = SeedMean([SupernetEstimator(checkpoint=str(path), batches=batches or settings.bn_batches, val_samples=settings.val_samples,
                                                  device=args.device) for path in checkpoints[reused or name]])
             supernet_scorers[name] = scorer
@@ -384,15 +425,19 @@ def main() -> None:
         for row, value in zip(rows, predictor.predict(members)):
             row["predictor"] = value
         timings["predictor"] = time.perf_counter() - phase
-        for row, member, member_runs in zip(rows, members, runs):
-            results = [run.result() for run in member_runs]
+        for index, (row, member) in enumerate(zip(rows, members)):
+            if reference is not None:
+                row.update(reference[index])
+                continue
+            results = [run.result() for run in runs[index]]
             plateaus = [r["plateau"] for r in results]
             row.update({REFERENCE: float(np.mean(plateaus)), "last_quarter_gain": max(r["last_quarter_gain"] for r in results),
                         "seed_spread": float(np.ptp(plateaus)), "curve": json.dumps([r["curve"] for r in results]),
                         **{f"seed{seed}": plateau for seed, plateau in zip(seeds, plateaus)}})
             log(f"standalone {member.name}: plateau mIoU {row[REFERENCE]:.4f} over {len(plateaus)} seed(s) "
                 f"(spread {row['seed_spread']:.4f}, largest last-quarter gain {row['last_quarter_gain']:+.4f})")
-    timings["standalone (overlaps the others)"] = time.perf_counter() - submitted
+    if reference is None:
+        timings["standalone (overlaps the others)"] = time.perf_counter() - submitted
 
     scores = pd.DataFrame(rows)
     estimators = [f"supernet:{name}" for name in variants] + ["predictor", "short-train", "zero-cost", "params", "flops"]
@@ -409,14 +454,17 @@ def main() -> None:
     met = [n for n in variants if by_name.loc[f"supernet:{n}", "kendall_tau"] >= 0.7
            and by_name.loc[f"supernet:{n}", "kendall_tau_low"] > zero_cost_tau]
     member_table = scores[["member", REFERENCE, "seed_spread", "last_quarter_gain", *estimators]].round(4)
-    if args.standalone_seeds > 1:
-        per_seed = scores[[f"seed{seed}" for seed in seeds]]
+    seed_columns = [c for c in scores.columns if re.fullmatch(r"seed\d+", c)]
+    if len(seed_columns) > 1:
+        per_seed = scores[seed_columns]
         seed_tau = seed_agreement(per_seed)
         centred_spread = float(np.ptp((per_seed - per_seed.mean()).to_numpy(), axis=1).mean())
         seed_line = (f"Reference reproducibility: Kendall tau {seed_tau:.3f} between the seeds' rankings (mean over pairs); mean "
                      f"seed-to-seed spread {scores['seed_spread'].mean():.4f} mIoU against a member range of "
                      f"{scores[REFERENCE].max() - scores[REFERENCE].min():.4f}; {centred_spread:.4f} once each seed's mean over "
                      "the members is removed (a seed shifts every member alike: the seed sets the data order, shared by all).")
+    elif reference is not None:
+        seed_line = f"Reference reproducibility: not in --reference {args.reference} (it has no per-seed columns)."
     else:
         seed_line = "Reference reproducibility: not measured (one standalone seed; use --standalone-seeds 2)."
     if args.supernet_seeds > 1:
@@ -440,7 +488,8 @@ def main() -> None:
         f"{args.threads} threads, device {args.device}; run time {timings['total'] / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items() if k != 'total')} min).",
         f"Settings: {settings}, size {args.size}, crop {args.crop}, {spec.num_classes} classes ({', '.join(classes)}), plateau = mean of the last "
-        f"{PLATEAU_EVALS} evaluations of the standalone weights' EMA (decay {args.ema}, BN recalibrated), variants {', '.join(variants)}{' (SMOKE: numbers mean nothing)' if args.smoke else ''}.",
+        f"{PLATEAU_EVALS} evaluations of the standalone weights' EMA (decay {args.ema}, BN recalibrated)"
+        f"{f' read from {args.reference} (its own standalone settings; the ones above are unused)' if reference is not None else ''}, variants {', '.join(variants)}{' (SMOKE: numbers mean nothing)' if args.smoke else ''}.",
         "",
         f"Rank correlation with standalone training ({len(members)} members, plateau mIoU; bootstrap 95% intervals):",
         "",
