@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--baselines", action="store_true", help="enqueue the b1/b2/b3 presets (nearest space members) first")
     p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                    help=f"bound of one latency measurement, back-offs included (default {DEFAULT_MAX_SECONDS:g})")
+    p.add_argument("--max-minutes", type=float, help="stop starting trials after this many minutes (those in flight "
+                   "finish); re-run the same command to continue the study")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handle_search)
 
@@ -107,13 +109,15 @@ def handle_search(args: argparse.Namespace) -> int:
     )
     study = run_search(
         settings, args.study, args.storage, args.trials,
-        workers=args.workers, run_dir=args.run_dir, progress=not args.no_progress,
+        workers=args.workers, run_dir=args.run_dir, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     front = pareto_trials(study)
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # pruned duplicates are not trials run
     print(f"study {study.study_name!r}: {len(complete)} trials, {len(front)} on the feasible Pareto front")
+    if args.max_minutes is not None and len(complete) < args.trials:
+        print(f"stopped by --max-minutes {args.max_minutes:g} before --trials {args.trials}; re-run the same command to continue")
     for trial in sorted(front, key=lambda t: t.values):
         values = ", ".join(f"{name}={value:.4g}" for name, value in zip(settings.objectives, trial.values))
         print(f"  trial {trial.number:4d}  {values}  config {trial.user_attrs.get('config_hash')}")

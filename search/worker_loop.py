@@ -21,6 +21,8 @@ from search.evaluator import TrialEvaluator, TrialFailed
 from search.samplers import derive_seed, make_sampler
 from search.settings import SearchSettings
 
+_wall_clock = time.time  # the clock of a run's time budget (``stop_at``); tests replace it
+
 MAX_FAILURES_IN_A_ROW = 10
 
 
@@ -59,8 +61,10 @@ def run_worker(
     evaluator: TrialEvaluator | None = None,
     callbacks: Sequence[Callable] = (),
     poll_s: float = 0.5,
+    stop_at: float | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds ``n_trials`` COMPLETE trials (those of earlier runs count).
+    """Run trials until the study holds ``n_trials`` COMPLETE trials (those of earlier runs count), or
+    until ``time.time()`` passes ``stop_at`` (no trial starts after it).
 
     The sampler seed comes from ``(settings.seed, trials in the study, worker)``: a resume continues.
     Trials RUNNING elsewhere are waited for when the storage has a heartbeat (a dead worker's trial
@@ -80,7 +84,7 @@ def run_worker(
         trials = study.get_trials(deepcopy=False)
         counts = trial_counts(trials)
         complete, running = counts[TrialState.COMPLETE], counts[TrialState.RUNNING]
-        if complete >= n_trials:
+        if complete >= n_trials or (stop_at is not None and _wall_clock() >= stop_at):
             return study
         if complete + running >= n_trials and counts[TrialState.WAITING] == 0:
             if not heartbeat:

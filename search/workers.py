@@ -36,14 +36,19 @@ def run_search(
     run_dir: str | Path | None = None,
     progress: bool = False,
     heartbeat_s: int = HEARTBEAT_S,
+    max_minutes: float | None = None,
 ) -> optuna.Study:
     """Run (or resume) ``study_name`` until it holds ``n_trials`` COMPLETE trials; return the study.
 
     ``storage`` defaults to ``$HRVIT_NAS_STORAGE``, else ``<run_dir>/study.db`` (SQLite); ``run_dir`` to
-    ``runs/<study_name>``.
+    ``runs/<study_name>``. ``max_minutes`` bounds the run, set-up included: no trial starts after it (the
+    ones in flight finish), so a slow host ends with fewer trials, and a re-run continues the study.
     """
     if not isinstance(n_trials, int) or n_trials < 1:
         raise UserError(f"--trials {n_trials!r}: it must be a positive integer")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float)) or not max_minutes > 0):
+        raise UserError(f"--max-minutes {max_minutes!r}: give a positive number of minutes")
+    stop_at = None if max_minutes is None else time.time() + 60.0 * max_minutes
     if not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers {workers!r}: it must be a positive integer")
     if not study_name or not isinstance(study_name, str):
@@ -57,14 +62,15 @@ def run_search(
     study = load_or_create_study(settings, study_name, store, check=lambda: preflight(evaluator, progress=progress))
     with SearchProgress(n_trials, enabled=progress) as bar:
         if workers == 1:
-            run_worker(settings, study_name, store, n_trials, evaluator=evaluator, callbacks=[bar.update])
+            run_worker(settings, study_name, store, n_trials, evaluator=evaluator, callbacks=[bar.update], stop_at=stop_at)
         else:
-            _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, on_poll=lambda: bar.update(study))
+            _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, stop_at, on_poll=lambda: bar.update(study))
         bar.update(study, force=True)
     return optuna.load_study(study_name=study_name, storage=store)
 
 
-def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, worker: int, heartbeat_s: int, threads: int) -> None:
+def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, worker: int, heartbeat_s: int, threads: int,
+                 stop_at: float | None) -> None:
     import torch
 
     from profiling import set_default_threads
@@ -74,7 +80,8 @@ def _worker_main(settings_dict: dict, study_name: str, url: str, n_trials: int, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         settings = SearchSettings.from_dict(settings_dict)
-        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s, fast_commits=True), n_trials, worker=worker)
+        run_worker(settings, study_name, open_storage(url, heartbeat_s=heartbeat_s, fast_commits=True), n_trials, worker=worker,
+                   stop_at=stop_at)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
@@ -96,7 +103,7 @@ def _gpu_count(device: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, *, on_poll) -> None:
+def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, stop_at, *, on_poll) -> None:
     context = multiprocessing.get_context("spawn")
     gpus = _gpu_count(settings.device)
     threads = worker_threads(workers)
@@ -108,7 +115,7 @@ def _run_processes(settings, study_name, url, n_trials, workers, heartbeat_s, *,
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # inherited by the spawned child only
             process = context.Process(
                 target=_worker_main,
-                args=(settings.to_dict(), study_name, url, n_trials, index, heartbeat_s, threads),
+                args=(settings.to_dict(), study_name, url, n_trials, index, heartbeat_s, threads, stop_at),
                 name=f"hrvit-search-worker-{index}",
             )
             process.start()

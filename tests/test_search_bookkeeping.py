@@ -106,7 +106,24 @@ def test_the_demo_reaches_its_pareto_plot_report_and_export(tmp_path, capsys):
     assert (out / "report" / "figures" / "pareto_accuracy_vs_latency_ms.png").is_file()
     exported = next((out / "export").iterdir())
     assert {"config.yaml", "metrics.json"} <= {p.name for p in exported.iterdir()}
-    assert f"exported:    {exported / 'config.yaml'}" in printed.out
+    assert f"exported:    {exported / 'config.yaml'}" in printed.out and "time budget" not in printed.out
+
+
+def test_max_minutes_lets_the_trial_in_flight_finish_starts_no_other_and_a_rerun_continues(tmp_path, monkeypatch):
+    import search.worker_loop as worker_loop
+    from hrvit_nas import UserError
+    from search import run_search
+
+    reads = []
+    monkeypatch.setattr(worker_loop, "_wall_clock", lambda: reads.append(1) or (0.0 if len(reads) == 1 else float("inf")))
+    settings, url = tiny_settings(sampler="random", seed=3), sqlite_url(tmp_path)
+    study = run_search(settings, "budget", url, 4, max_minutes=1.0)  # the budget runs out while trial 0 is measured
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    monkeypatch.setattr(worker_loop, "_wall_clock", lambda: 0.0)
+    study = run_search(settings, "budget", url, 4, max_minutes=1.0)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4 and len(study.get_trials()) == 4
+    with pytest.raises(UserError, match="--max-minutes 0"):
+        run_search(settings, "budget", url, 4, max_minutes=0)
 
 
 def test_a_profile_request_for_analytic_counts_equals_the_trace_and_builds_no_model(monkeypatch):
