@@ -47,10 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from hrvit_space import load_space, parse_input_size
-    from reports import ExportOptions, export_trials, load_study_data, parse_selector, select, write_report
     from optuna.trial import TrialState
 
+    from hrvit_space import load_space, parse_input_size
+    from reports import ExportOptions, export_trials, load_study_data, parse_selector, select, write_report
     from search import SearchSettings, run_search
 
     if args.threads is not None:
