@@ -26,6 +26,15 @@ _wall_clock = time.time  # the clock of a run's time budget (``stop_at``); tests
 MAX_FAILURES_IN_A_ROW = 10
 
 
+def deadline(max_minutes: float | None) -> float | None:
+    """The ``stop_at`` of a run bounded to ``max_minutes`` from now, on the clock ``run_worker`` reads (None: unbounded)."""
+    if max_minutes is None:
+        return None
+    if isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float)) or not max_minutes > 0:
+        raise UserError(f"--max-minutes {max_minutes!r}: give a positive number of minutes")
+    return _wall_clock() + 60.0 * max_minutes
+
+
 def trial_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[TrialState, int]:
     counts = {state: 0 for state in TrialState}
     for trial in trials:
@@ -64,7 +73,7 @@ def run_worker(
     stop_at: float | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``n_trials`` COMPLETE trials (those of earlier runs count), or
-    until ``time.time()`` passes ``stop_at`` (no trial starts after it).
+    until the wall clock passes ``stop_at`` (``deadline``; no trial starts after it).
 
     The sampler seed comes from ``(settings.seed, trials in the study, worker)``: a resume continues.
     Trials RUNNING elsewhere are waited for when the storage has a heartbeat (a dead worker's trial

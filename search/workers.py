@@ -23,7 +23,7 @@ from search.storage import DEFAULT_RUN_ROOT, HEARTBEAT_S, open_storage, storage_
 from search.evaluator import TrialEvaluator
 from search.settings import SearchSettings
 from search.study_setup import load_or_create_study, preflight
-from search.worker_loop import run_worker
+from search.worker_loop import deadline, run_worker
 
 
 def run_search(
@@ -46,9 +46,7 @@ def run_search(
     """
     if not isinstance(n_trials, int) or n_trials < 1:
         raise UserError(f"--trials {n_trials!r}: it must be a positive integer")
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float)) or not max_minutes > 0):
-        raise UserError(f"--max-minutes {max_minutes!r}: give a positive number of minutes")
-    stop_at = None if max_minutes is None else time.time() + 60.0 * max_minutes
+    stop_at = deadline(max_minutes)
     if not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers {workers!r}: it must be a positive integer")
     if not study_name or not isinstance(study_name, str):

@@ -115,7 +115,8 @@ def test_max_minutes_lets_the_trial_in_flight_finish_starts_no_other_and_a_rerun
     from search import run_search
 
     reads = []
-    monkeypatch.setattr(worker_loop, "_wall_clock", lambda: reads.append(1) or (0.0 if len(reads) == 1 else float("inf")))
+    # read 1 sets the deadline, read 2 lets trial 0 start, every later read is past the deadline
+    monkeypatch.setattr(worker_loop, "_wall_clock", lambda: reads.append(1) or (0.0 if len(reads) <= 2 else float("inf")))
     settings, url = tiny_settings(sampler="random", seed=3), sqlite_url(tmp_path)
     study = run_search(settings, "budget", url, 4, max_minutes=1.0)  # the budget runs out while trial 0 is measured
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
