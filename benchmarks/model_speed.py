@@ -10,7 +10,8 @@ contiguous NCHW copy of each branch at the end of a module; plain nn.Linear / nn
 SegFormer head's fuse conv on the concat of the resized maps (kept here, so the model's own head does
 not reach the baseline).
 
-Columns: ``ours`` is the plain model (training-capable; its traced FLOPs are the architecture's);
+Columns: ``ours`` is the plain model (training-capable; its traced FLOPs are the architecture's; in
+eval mode outside autograd, as here, it runs BN folded and the head's projections merged on the fly);
 ``inference`` is ``optimize_for_inference`` (BN folded, SegFormer fuse conv merged into the branch
 projections); ``deployed`` is the TorchScript file ``hrvit-nas export --torchscript`` writes (that
 inference form, traced and frozen, loaded back). For each input size and model the four run interleaved

@@ -21,6 +21,7 @@ from hrvit_space.space import Knob, SearchSpace
 # `from hrvit_space import ArchConfig` stays light for the CLI.
 __getattr__, _lazy = lazy_exports(__name__, {
     "hrvit_space.batchnorm": ("fold_batchnorm", "recalibrate_bn"),
+    "hrvit_space.kernels": ("EAGER_FORWARD_VERSION",),
     "hrvit_space.model": ("COMPONENTS", "Block", "HRViT", "build_model", "component_of", "hrvit_b1", "hrvit_b2", "hrvit_b3",
                           "optimize_for_inference"),
     "hrvit_space.reference": ("load_reference_state_dict", "reference_key", "to_reference_state_dict"),

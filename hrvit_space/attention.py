@@ -2,8 +2,8 @@
 
 Half of the channels attend within horizontal strips (``ws`` rows x full width), the other half within
 vertical strips (full height x ``ws`` columns). Keys are the values (one shared projection). When the
-map is not a multiple of ``ws`` it is zero-padded at the bottom/right and the padded keys are masked
-out, which equals attention over the valid tokens of the last, shorter strip.
+map is not a multiple of ``ws`` the last strip is shorter (the reference zero-pads it and masks the
+padded keys: the same function).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.kernels import run_fastest
-from hrvit_space.layers import LinearBN, TokenLinear, _tunable, to_nchw, to_nhwc
+from hrvit_space.layers import LinearBN, TokenLinear, _tunable, to_nchw, to_nhwc, traced
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,8 +30,35 @@ def strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
     """Attention within horizontal strips of ``window`` rows; q, v: (B, H, W, C) (key = value).
 
     A strip of ``window`` full rows is contiguous in (B, H, W, C) memory, so all strips of all images
-    form one SDPA batch by a view, and SDPA's output comes back in the same layout.
+    form one SDPA batch by a view, and SDPA's output comes back in the same layout. When ``window`` does
+    not divide the height, the last, shorter strip is a second SDPA call over its valid rows: no padded
+    copies of q and v and no mask (which slows the fused kernel; b2 at 512x512 has 48 such calls per
+    forward). Traces record the padded, masked form, whose MACs are the architecture's
+    (``profiling.analytic``).
     """
+    height = q.shape[1]
+    if traced():
+        return _padded_strip_attention(q, v, window, heads)
+    full = height - height % window
+    if full == height:
+        return _strips(q, v, window, heads)
+    if full == 0:
+        return _strips(q, v, height, heads)
+    return torch.cat([_strips(q[:, :full], v[:, :full], window, heads),
+                      _strips(q[:, full:], v[:, full:], height - full, heads)], dim=1)
+
+
+def _strips(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
+    """``strip_attention`` where ``window`` divides the height."""
+    batch, height, width, channels = q.shape
+    strips, length = height // window, window * width
+    q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
+    v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
+    return _attend(q, v).transpose(1, 2).reshape(batch, height, width, channels)
+
+
+def _padded_strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
+    """``strip_attention`` on maps zero-padded to a multiple of ``window`` rows, padded keys masked out."""
     batch, height, width, channels = q.shape
     pad = -height % window
     if pad:
@@ -41,32 +68,29 @@ def strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
     q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
     v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
     mask = _key_padding_mask(batch, strips, length, (window - pad) * width, q.device) if pad else None
-    out = _attend(q, v, mask)
-    out = out.transpose(1, 2).reshape(batch, height + pad, width, channels)
+    out = _fused_attention(q, v, mask).transpose(1, 2).reshape(batch, height + pad, width, channels)
     return out[:, :height] if pad else out
 
 
-def _explicit_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def _explicit_attention(q: Tensor, v: Tensor) -> Tensor:
     """softmax(q v^T / sqrt(d)) v with the scores materialised: faster than fused SDPA at some strip
     shapes on some CPUs (``hrvit_space.kernels``); only used without autograd (it keeps the scores)."""
     scores = torch.matmul(q * q.shape[-1] ** -0.5, v.transpose(-2, -1))
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
     return torch.matmul(scores.softmax(-1), v)
 
 
-def _fused_attention(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def _fused_attention(q: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     return F.scaled_dot_product_attention(q, v, v, attn_mask=mask)
 
 
 _ATTENTION_KERNELS = {"fused": _fused_attention, "explicit": _explicit_attention}
 
 
-def _attend(q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def _attend(q: Tensor, v: Tensor) -> Tensor:
     """Attention of (N, heads, L, d) queries over keys = values ``v``, by the kernel measured faster."""
     if torch.is_grad_enabled() or not _tunable(q):
-        return _fused_attention(q, v, mask)
-    return run_fastest(("attention", q.shape, q.stride(), mask is not None), _ATTENTION_KERNELS, q, v, mask)
+        return _fused_attention(q, v)
+    return run_fastest(("attention", q.shape, q.stride()), _ATTENTION_KERNELS, q, v)
 
 
 class CrossShapedAttention(nn.Module):

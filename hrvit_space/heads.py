@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.config import HeadConfig
-from hrvit_space.layers import Conv1x1, ConvBN, pointwise_conv, traced
+from hrvit_space.layers import Conv1x1, ConvBN, PackedWeights, folded_batchnorm, pointwise_conv, traced
 
 
 def _resize(x: Tensor, size: torch.Size) -> Tensor:
@@ -25,14 +25,16 @@ def _resized_sum(maps: Iterable[Tensor], size: torch.Size) -> Tensor:
     return total
 
 
-class SegFormerHead(nn.Module):
+class SegFormerHead(PackedWeights):
     """All-MLP decoder: per-branch 1x1 projection, resize to 1/4, concat, fuse, classify (logits at 1/4).
 
     The fuse 1x1 conv over the concat is computed as the sum of its per-branch weight slices, each
     applied at its branch's resolution before the resize (a 1x1 conv commutes with bilinear resizing,
     whose weights sum to one): the same function and gradients, without the ``n * width`` concat at 1/4
-    resolution and with a third of the fuse MACs for n=4 (b3 at 224x224: 2.5 instead of 7.4 GMACs). Traces
-    (fvcore counts, ONNX) record the concat form, whose MACs are the architecture's.
+    resolution and with a third of the fuse MACs for n=4 (b3 at 224x224: 2.5 instead of 7.4 GMACs).
+    Outside autograd each projection and its fuse slice (and the fuse BN in eval mode) run as one
+    merged 1x1 conv (``merged_projections``, packed once per weight version). Traces (fvcore counts,
+    ONNX) record the concat form, whose MACs are the architecture's.
     """
 
     def __init__(self, in_channels: Sequence[int], head: HeadConfig) -> None:
@@ -44,38 +46,58 @@ class SegFormerHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         size = features[0].shape[-2:]
-        maps = [proj(x) for proj, x in zip(self.proj, features)]
         if traced():
+            maps = [proj(x) for proj, x in zip(self.proj, features)]
             fused = self.fuse(torch.cat([maps[0]] + [_resize(m, size) for m in maps[1:]], dim=1))
+        elif not torch.is_grad_enabled() and not features[0].is_meta:
+            weights = self.packed()
+            fused = _resized_sum(map(pointwise_conv, features, weights[0::2], weights[1::2]), size)
+            fused = fused if self._folds_fuse_bn() else self.fuse.bn(fused)
         else:
             conv = self.fuse.conv
             slices = conv.weight.split(conv.out_channels, dim=1)
-            biases = [conv.bias] + [None] * (len(maps) - 1)
-            fused = self.fuse.bn(_resized_sum(map(pointwise_conv, maps, slices, biases), size))
+            biases = [conv.bias] + [None] * (len(features) - 1)
+            maps = (pointwise_conv(proj(x), w, b) for proj, x, w, b in zip(self.proj, features, slices, biases))
+            fused = self.fuse.bn(_resized_sum(maps, size))
         return self.classifier(self.dropout(F.relu(fused)))
+
+    def merged_projections(self, fold_bn: bool) -> list[tuple[Tensor, Tensor]]:
+        """Per branch, the (weight, bias) of its projection followed by its slice of the fuse conv (and,
+        with ``fold_bn``, the eval-mode fuse BN): one 1x1 conv straight to ``width`` channels."""
+        fuse = self.fuse.conv
+        weight, bias = folded_batchnorm(fuse.weight, fuse.bias, self.fuse.bn) if fold_bn else (fuse.weight, fuse.bias)
+        merged = []
+        for b, (proj, fuse_slice) in enumerate(zip(self.proj, weight.flatten(1).split(fuse.out_channels, dim=1))):
+            merged_bias = fuse_slice @ proj.bias
+            if b == 0 and bias is not None:
+                merged_bias = merged_bias + bias
+            merged.append(((fuse_slice @ proj.weight.flatten(1)).view(fuse.out_channels, -1, 1, 1), merged_bias))
+        return merged
+
+    def _folds_fuse_bn(self) -> bool:
+        bn = self.fuse.bn
+        return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats
+
+    def _pack_key(self) -> tuple:
+        return (self._folds_fuse_bn(),)
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        return tuple(t for pair in self.merged_projections(self._folds_fuse_bn()) for t in pair)
 
 
 class MergedSegFormerHead(nn.Module):
-    """Inference form of a SegFormerHead with the same outputs and fewer MACs.
-
-    Projection and the fuse conv's slice for branch ``b`` are both linear, so they are multiplied into
-    one 1x1 conv per branch that maps straight to ``width`` channels.
-    """
+    """Inference form of a SegFormerHead with the same outputs and fewer MACs, also when traced: each
+    branch's projection and fuse slice as one 1x1 conv (``SegFormerHead.merged_projections``)."""
 
     def __init__(self, head: SegFormerHead) -> None:
         super().__init__()
-        fuse = head.fuse.conv
-        width = fuse.out_channels
-        slices = fuse.weight.detach().flatten(1).split(width, dim=1)
         self.proj = nn.ModuleList()
-        for b, (proj, fuse_slice) in enumerate(zip(head.proj, slices)):
-            merged = Conv1x1(proj.in_channels, width)
-            with torch.no_grad():
-                merged.weight.copy_((fuse_slice @ proj.weight.flatten(1)).view_as(merged.weight))
-                merged.bias.copy_(fuse_slice @ proj.bias)
-                if b == 0 and fuse.bias is not None:  # a folded BN left a bias on the fuse conv
-                    merged.bias.add_(fuse.bias)
-            self.proj.append(merged)
+        with torch.no_grad():
+            for proj, (weight, bias) in zip(head.proj, head.merged_projections(fold_bn=False)):
+                merged = Conv1x1(proj.in_channels, weight.shape[0])
+                merged.weight.copy_(weight)
+                merged.bias.copy_(bias)
+                self.proj.append(merged)
         self.bn, self.dropout, self.classifier = head.fuse.bn, head.dropout, head.classifier
 
     def forward(self, features: list[Tensor]) -> Tensor:

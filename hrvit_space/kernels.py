@@ -24,6 +24,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+# Part of the eager runtime's version (``profiling.runtimes``): bumped whenever a change moves the eager
+# forward's speed (kernel choices, packed or folded weights), so cached eager latencies and latency
+# predictors built on the old forward are measured again instead of mixed with new ones.
+EAGER_FORWARD_VERSION = 2
 ROUNDS = 5
 MARGIN = 0.05
 _DISABLE_ENV = "HRVIT_NAS_KERNELS"

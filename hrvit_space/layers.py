@@ -93,14 +93,45 @@ def token_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+class PackedWeights(nn.Module):
+    """A module whose forward runs on weights derived from its parameters (``_pack``).
+
+    Outside autograd they are built once and reused until a parameter or buffer changes (in-place updates bump
+    ``_version``; ``.to()`` and friends go through ``_apply``); under autograd they are built on every
+    call so gradients reach the parameters; traces record the building; inference tensors have no version.
+    """
+
+    _packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (extra key and parameter versions, weights)
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _pack_key(self) -> tuple:
+        """What the weights depend on besides the parameters."""
+        return ()
+
+    def packed(self) -> tuple[Tensor, ...]:
+        tensors = [*self.parameters(), *self.buffers()]  # buffers: BatchNorm statistics
+        if torch.is_grad_enabled() or traced() or any(t.is_inference() for t in tensors):
+            return self._pack()
+        key = (self._pack_key(), tuple((t.data_ptr(), t._version) for t in tensors))
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, self._pack())
+        return self._packed[1]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # new storage (device, dtype): never reuse weights packed from the old one
+        return super()._apply(fn, recurse)
+
+
 class Conv1x1(nn.Conv2d):
     """A 1x1 nn.Conv2d computed by ``pointwise_conv`` (same parameters, same outputs)."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return pointwise_conv(x, self.weight, self.bias)
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return pointwise_conv(x, weight, bias)
 
 
 class TokenLinear(nn.Linear):
@@ -110,8 +141,19 @@ class TokenLinear(nn.Linear):
         return token_linear(x, self.weight, self.bias)
 
 
-class ConvBN(nn.Module):
-    """Conv2d followed by BatchNorm2d; ``fold()`` merges the BN into the conv for inference."""
+def _folds(bn: nn.Module, x: Tensor) -> bool:
+    """Whether a forward may run on BN-folded weights: eval-mode statistics, no autograd, no trace (traces
+    record the BN), real tensors (shape-only passes on the meta device keep every layer's call)."""
+    return (isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and not bn.training and bn.track_running_stats
+            and not torch.is_grad_enabled() and not x.is_meta and not traced())
+
+
+class ConvBN(PackedWeights):
+    """Conv2d followed by BatchNorm2d; ``fold()`` merges the BN into the conv for inference.
+
+    In eval mode outside autograd the forward already runs the folded conv (weights packed once per
+    parameter/statistics version), one op instead of two: the same function, 3-7% of an HRViT forward on CPU.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: int = 0, groups: int = 1, bias: bool = True) -> None:
@@ -122,7 +164,12 @@ class ConvBN(nn.Module):
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _folds(self.bn, x):
+            return self.conv._conv_forward(x, *self.packed())
         return self.bn(self.conv(x))
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        return folded_batchnorm(self.conv.weight, self.conv.bias, self.bn)
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -131,8 +178,9 @@ class ConvBN(nn.Module):
             self.bn = nn.Identity()
 
 
-class LinearBN(nn.Module):
-    """Linear over the last dim followed by BatchNorm over all tokens (HRViT's attention output)."""
+class LinearBN(PackedWeights):
+    """Linear over the last dim followed by BatchNorm over all tokens (HRViT's attention output);
+    folded on the fly like ``ConvBN``."""
 
     def __init__(self, in_features: int, out_features: int, zero_init_bn: bool = False) -> None:
         super().__init__()
@@ -143,8 +191,13 @@ class LinearBN(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _folds(self.bn, x):
+            return token_linear(x, *self.packed())
         y = self.linear(x)
         return self.bn(y.reshape(-1, y.shape[-1])).view_as(y)
+
+    def _pack(self) -> tuple[Tensor, ...]:
+        return folded_batchnorm(self.linear.weight, self.linear.bias, self.bn)
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -153,12 +206,18 @@ class LinearBN(nn.Module):
             self.bn = nn.Identity()
 
 
-def _fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """y = gamma * (Wx + b - mean) / std + beta  ==>  W' = W * gamma/std, b' = (b - mean) * gamma/std + beta."""
+def folded_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Weight and bias of a conv/linear followed by eval-mode ``bn``, as one layer:
+    y = gamma * (Wx + b - mean) / std + beta  ==>  W' = W * gamma/std, b' = (b - mean) * gamma/std + beta."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
-    layer.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), (bias - bn.running_mean) * scale + bn.bias
+
+
+def _fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    weight, bias = folded_batchnorm(layer.weight, layer.bias, bn)
+    layer.weight.copy_(weight)
+    layer.bias = nn.Parameter(bias)
 
 
 class DropPath(nn.Module):
@@ -177,37 +236,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
-
-
-class PackedWeights(nn.Module):
-    """A module whose forward runs on weights derived from its parameters (``_pack``).
-
-    Outside autograd they are built once and reused until a parameter changes (in-place updates bump
-    ``_version``; ``.to()`` and friends go through ``_apply``); under autograd they are built on every
-    call so gradients reach the parameters; traces record the building; inference tensors have no version.
-    """
-
-    _packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (extra key and parameter versions, weights)
-
-    def _pack(self) -> tuple[Tensor, ...]:
-        raise NotImplementedError
-
-    def _pack_key(self) -> tuple:
-        """What the weights depend on besides the parameters."""
-        return ()
-
-    def packed(self) -> tuple[Tensor, ...]:
-        params = list(self.parameters())
-        if torch.is_grad_enabled() or traced() or any(p.is_inference() for p in params):
-            return self._pack()
-        key = (self._pack_key(), tuple((p.data_ptr(), p._version) for p in params))
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, self._pack())
-        return self._packed[1]
-
-    def _apply(self, fn, recurse: bool = True):
-        self._packed = None  # new storage (device, dtype): never reuse weights packed from the old one
-        return super()._apply(fn, recurse)
 
 
 # DES widths whose p x p mixing has p <= 8 run as two (C, C) linears: sgemm with 4 or 8 as its inner sizes

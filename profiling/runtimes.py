@@ -62,13 +62,19 @@ def check_runtime(name: str, device: torch.device, dtype: str) -> None:
 
 
 def runtime_version(name: str) -> str:
-    """The software that executes the model under ``name`` (torch, onnxruntime or TensorRT versions)."""
+    """The software that executes the model under ``name`` (torch, onnxruntime or TensorRT versions; for
+    eager PyTorch also the version of this package's eager forward)."""
     if name.startswith("onnxruntime"):
         return f"onnxruntime {importlib.import_module('onnxruntime').__version__}"
     if name == "tensorrt":
         trt = importlib.import_module("torch_tensorrt")
         return f"torch-tensorrt {trt.__version__}, torch {torch.__version__}"
-    return f"torch {torch.__version__}" + (f", cuda {torch.version.cuda}" if torch.version.cuda else "")
+    version = f"torch {torch.__version__}" + (f", cuda {torch.version.cuda}" if torch.version.cuda else "")
+    if name in ("eager", "cuda-graphs"):  # these run this package's eager forward, whose speed moves between releases
+        from hrvit_space import EAGER_FORWARD_VERSION
+
+        version += f", eager forward v{EAGER_FORWARD_VERSION}"
+    return version
 
 
 def _require(module: str, message: str) -> None:

@@ -10,6 +10,7 @@ import torch
 import hrvit_space as model_module  # the face the profiler builds through
 from hrvit_nas.cli import main as run_cli
 from hrvit_nas.errors import UserError
+from hrvit_space import EAGER_FORWARD_VERSION
 from hrvit_space.model import build_model
 from profiling import ProfileCache, prepare, profile
 from test_profiling import TINY
@@ -44,6 +45,7 @@ def test_profile_records_the_runtime_and_its_version_and_keys_the_cache_on_them(
         assert onnx.peak_memory_bytes is None and "unavailable" in onnx.peak_memory_source
         eager = profile(TINY, **COUNTS, cache=cache)
         assert eager.runtime == "eager" and eager.options["runtime_version"].startswith("torch ")
+        assert eager.options["runtime_version"].endswith(f"eager forward v{EAGER_FORWARD_VERSION}")  # a faster forward re-measures
 
         def no_build(config):
             raise AssertionError("a cache miss builds the model")

@@ -140,10 +140,16 @@ def naive_strip_attention(q: torch.Tensor, v: torch.Tensor, window: int, heads: 
     return out
 
 
-@pytest.mark.parametrize("window", [1, 2, 3, 4, 7])
-def test_strip_attention_equals_naive_including_padded_windows(window):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 7, 9])
+def test_strip_attention_equals_naive_including_padded_windows(window, traced):
+    """Eager runs a short last strip, traces the reference's padded and masked strips: both the same function."""
     q, v = torch.randn(2, 7, 5, 8), torch.randn(2, 7, 5, 8)
-    torch.testing.assert_close(strip_attention(q, v, window, heads=2), naive_strip_attention(q, v, window, 2))
+    attend = lambda q, v: strip_attention(q, v, window, heads=2)  # noqa: E731
+    if traced:
+        attend = torch.jit.trace(attend, (q, v))
+        assert any(node.kind() == "aten::pad" for node in attend.graph.nodes()) == (7 % window != 0)
+    torch.testing.assert_close(attend(q, v), naive_strip_attention(q, v, window, 2))
 
 
 @pytest.mark.parametrize(("dim", "dim_head", "window"), [(16, 4, 3), (16, 8, 2), (16, 32, 4)])
@@ -160,6 +166,28 @@ def test_cross_shaped_attention_equals_naive(dim, dim_head, window):
         bn = attn.proj.bn
         expected = (y - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
         torch.testing.assert_close(attn(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["segformer", "classification"])
+def test_eval_forward_without_autograd_runs_folded_weights_that_follow_the_statistics(kind):
+    """Outside autograd an eval-mode model folds BN (and merges the SegFormer projections) on the fly:
+    it must equal the autograd forward, also after BN statistics are recalibrated or a weight is updated."""
+    model = randomise(HRViT(tiny(kind))).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def check() -> torch.Tensor:
+        with torch.no_grad():
+            fast = model(x)
+        torch.testing.assert_close(fast, model(x).detach(), rtol=1e-4, atol=1e-4)
+        return fast
+
+    before = check()
+    recalibrate_bn(model, [torch.randn(2, 3, 64, 64) for _ in range(2)])
+    recalibrated = check()
+    assert not torch.allclose(recalibrated, before, atol=1e-3)  # the packed weights followed the new statistics
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.startswith("stem.conv1.conv.weight")).mul_(1.5)
+    assert not torch.allclose(check(), recalibrated, atol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["segformer", "classification"])
