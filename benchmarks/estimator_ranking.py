@@ -275,8 +275,13 @@ class SeedMean:
     def per_seed(self, member) -> list[float]:
         return [scorer.estimate(member) for scorer in self.scorers]
 
+    @staticmethod
+    def combine(per_seed: list[float]) -> float:
+        """The score of a member from its per-seed scores."""
+        return float(np.mean(per_seed))
+
     def estimate(self, member) -> float:
-        return float(np.mean(self.per_seed(member)))
+        return self.combine(self.per_seed(member))
 
 
 def _number(value: float | None) -> str:
@@ -399,7 +404,7 @@ def main() -> None:
             supernet_scorers[name] = scorer
             for row, member in zip(rows, members):
                 per_seed = scorer.per_seed(member)
-                row[f"supernet:{name}"] = float(np.mean(per_seed))
+                row[f"supernet:{name}"] = scorer.combine(per_seed)
                 row.update({f"supernet:{name}:seed{seed}": value for seed, value in enumerate(per_seed)})
             timings[f"supernet {name}"] = time.perf_counter() - phase
             atomic_write_text(out / "scores_partial.csv", pd.DataFrame(rows).to_csv(index=False))  # a run stopped later keeps these
