@@ -104,11 +104,12 @@ def pareto_plot(data: StudyData, x: Metric, y: Metric) -> Figure:
     if len(front) > 1:
         ax.step(front[x.column], front[y.column], where="post", color=COLORS["pareto"], lw=1.2, label="front (this view)")
     _draw_budgets(ax, data, x, y)
-    _label_baselines(ax, data, x, y)
+    baselines = _draw_baselines(ax, data, x, y)
     ax.set_xlabel(x.label)
     ax.set_ylabel(y.label)
     ax.set_title(f"{data.name}: {y.objective} vs {x.objective}")
     ax.legend(loc="best", fontsize=7)
+    _label_baselines(ax, baselines, x, y)
     return fig
 
 
@@ -185,32 +186,53 @@ def _draw_budgets(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
         ax.axhline(budgets[y.column], ls="--", lw=1, color=COLORS["budget"], label=f"budget {budgets[y.column]:g} {y.unit}")
 
 
-LABEL_WIDTH_PT, LABEL_HEIGHT_PT = 150.0, 10.0  # a baseline label in 8-point text, roughly
+BASELINE_MARKER_AREA = 40  # points^2, as scatter's ``s``
+LABEL_STEP_PT = 10.0  # how far a label moves down when its place is taken
 
 
-def _label_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
+def _draw_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> pd.DataFrame:
+    """Diamonds on the baseline trials (labelled by ``_label_baselines`` once the layout is final); returns their rows."""
     rows = data.complete.dropna(subset=[x.column, y.column])
     rows = rows[rows["baseline"].notna()]
+    if len(rows):
+        ax.scatter(rows[x.column], rows[y.column], s=BASELINE_MARKER_AREA, marker="D", facecolors="none",
+                   edgecolors=COLORS["baseline"], linewidths=1.5, label="baselines", zorder=ZORDER["baseline"])
+    return rows
+
+
+def _label_baselines(ax: Axes, rows: pd.DataFrame, x: Metric, y: Metric) -> None:
+    """Name each baseline beside its diamond, on the side facing the plot's centre. A label is moved down
+    until its rendered box covers neither another label nor any baseline's diamond (nearby baselines
+    stack their labels). Boxes are measured after the figure's layout has settled."""
     if not len(rows):
         return
-    ax.scatter(rows[x.column], rows[y.column], s=40, marker="D", facecolors="none", edgecolors=COLORS["baseline"],
-               linewidths=1.5, label="baselines", zorder=ZORDER["baseline"])
-    shown = data.complete.dropna(subset=[x.column, y.column])
-    middle = (shown[x.column].min() + shown[x.column].max()) / 2
-    ax.autoscale_view()
-    points_per_pixel = 72 / ax.figure.dpi
-    placed: list[tuple[float, float]] = []  # (x, y) of each label's baseline, in points
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    fig = ax.get_figure()
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the constrained layout moves the axes: measure in its final place
+    renderer = canvas.get_renderer()
+    left, right = ax.get_xlim()
+    middle = (left + right) / 2
+    radius = (BASELINE_MARKER_AREA**0.5 / 2 + 1.5) * fig.dpi / 72  # half the diamond plus its edge, in pixels
+    taken = [Bbox.from_bounds(px - radius, py - radius, 2 * radius, 2 * radius)
+             for px, py in ax.transData.transform(rows[[x.column, y.column]].to_numpy(dtype=float))]
     for _, row in rows.sort_values(y.column, ascending=False).iterrows():
         size = f", {row['params_m']:.3g} M params" if pd.notna(row.get("params_m")) else ""
         right_half = row[x.column] > middle  # the label grows toward the plot's centre, never off the axes
-        px, py = (v * points_per_pixel for v in ax.transData.transform((row[x.column], row[y.column])))
-        offset = -10.0
-        while any(abs(px - ux) < LABEL_WIDTH_PT and abs(py + offset - uy) < LABEL_HEIGHT_PT for ux, uy in placed):
-            offset -= LABEL_HEIGHT_PT  # two baselines close together: stack their labels, never overprint
-        placed.append((px, py + offset))
-        ax.annotate(f"{baseline_label(row)}{size}", (row[x.column], row[y.column]), xytext=(-6 if right_half else 6, offset),
-                    textcoords="offset points", ha="right" if right_half else "left", fontsize=8,
-                    color=COLORS["baseline"], zorder=ZORDER["pareto"] + 1)
+        dx, dy = (-6 if right_half else 6), -LABEL_STEP_PT
+        label = ax.annotate(f"{baseline_label(row)}{size}", (row[x.column], row[y.column]), xytext=(dx, dy),
+                            textcoords="offset points", ha="right" if right_half else "left", fontsize=8,
+                            color=COLORS["baseline"], zorder=ZORDER["pareto"] + 1)
+        label.set_in_layout(False)  # placed in the settled layout, which it must not move again
+        for _ in range(4 * len(taken)):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in taken):
+                break
+            dy -= LABEL_STEP_PT
+            label.xyann = (dx, dy)
+        taken.append(label.get_window_extent(renderer))
 
 
 def baseline_label(row: pd.Series) -> str:

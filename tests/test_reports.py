@@ -209,6 +209,36 @@ def test_baseline_label_names_the_nearest_member_and_its_real_size(data):
     assert not any(re.fullmatch(r"HRViT-b\d", text) for text in texts)
 
 
+def test_baseline_labels_of_nearby_baselines_cover_no_label_and_no_diamond(data):
+    """Three baselines a hair apart (as the demo's b1 and b3 land): every label stays readable."""
+    import dataclasses
+
+    from reports.metrics import BY_COLUMN
+    from reports.plots import pareto_plot
+
+    trials = data.trials.copy()
+    first = trials[trials["baseline"].notna()].index[0]
+    crowd = trials[(trials["state"] == "COMPLETE") & trials["baseline"].isna()].index[:2]
+    x, y = trials.loc[first, "latency_ms"], trials.loc[first, "accuracy"]
+    x_range, y_range = (trials[c].max() - trials[c].min() for c in ("latency_ms", "accuracy"))
+    inward = 1.0 if x < trials["latency_ms"].mean() else -1.0  # where the first label grows: onto its text
+    for k, index in enumerate(crowd, start=1):
+        trials.loc[index, ["latency_ms", "accuracy", "baseline"]] = [x + inward * 0.02 * k * x_range, y - 0.01 * k * y_range, f"b{k + 1}"]
+    fig = pareto_plot(dataclasses.replace(data, trials=trials), BY_COLUMN["latency_ms"], BY_COLUMN["accuracy"])
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    labels = [t.get_window_extent(renderer) for t in ax.texts if "HRViT-" in t.get_text()]
+    diamonds = next(c for c in ax.collections if c.get_label() == "baselines")
+    radius = 4 * fig.dpi / 72  # the diamond's half-width, 40 points^2
+    marks = [(px, py) for px, py in ax.transData.transform(diamonds.get_offsets())]
+    assert len(labels) == len(marks) >= 3
+    for i, box in enumerate(labels):
+        assert not any(box.overlaps(other) for other in labels[i + 1:])
+        assert not any(box.x0 < px + radius and px - radius < box.x1 and box.y0 < py + radius and py - radius < box.y1
+                       for px, py in marks)
+
+
 def test_baseline_label_is_the_preset_name_only_for_the_preset_itself():
     from reports.plots import baseline_label
 
