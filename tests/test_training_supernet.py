@@ -172,6 +172,18 @@ def test_short_train_prunes_only_single_objective_studies():
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
+def test_short_train_with_another_seed_shares_the_data_and_trains_as_that_seed_would():
+    data = "synthetic:num_samples=8,val_samples=4,size=32,num_classes=4"
+    options = dict(iterations="3", eval_points="1", batch_size="4", device="cpu")
+    estimator = ShortTrainEstimator(data=data, seed=0, **options)
+    reseeded = estimator.with_seed(5)
+    assert reseeded.train_set is estimator.train_set and reseeded.val_set is estimator.val_set
+    assert (estimator.recipe.seed, reseeded.recipe.seed) == (0, 5)
+    config = tiny_config()
+    score = reseeded.estimate(config)
+    assert score == ShortTrainEstimator(data=data, seed=5, **options).estimate(config) != estimator.estimate(config)
+
+
 def test_short_train_trains_on_crops_and_validates_on_whole_images():
     estimator = ShortTrainEstimator(data="synthetic:num_samples=8,val_samples=4,size=32,num_classes=4", iterations="1",
                                     eval_points="1", batch_size="2", crop="16", device="cpu")

@@ -8,6 +8,7 @@ untouched, and give the same score for the same config every time.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from typing import Any
 
@@ -115,6 +116,12 @@ class ShortTrainEstimator(AccuracyEstimator):
         self.val_samples = None if val_samples is None else _int_option(val_samples, "val_samples")
         self.device = resolve_device(device or "auto")
         self.train_set, self.val_set = build_train_set(self.spec, self.recipe), build_val_set(self.spec)
+
+    def with_seed(self, seed: int) -> "ShortTrainEstimator":
+        """The same estimator training from ``seed``, sharing the loaded data (a reference over several seeds)."""
+        reseeded = copy.copy(self)
+        reseeded.recipe = self.recipe.replace(seed=_int_option(seed, "seed", minimum=0))
+        return reseeded
 
     def estimate(self, config: ArchConfig, trial=None) -> float:
         from hrvit_space import HRViT

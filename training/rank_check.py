@@ -176,9 +176,8 @@ def rank_check(
         built[name] = supernet_estimator if name == "supernet" else make_estimator(name, input_size=crop, device=str(supernet_estimator.device), seed=seed)
     if predictor is not None:  # registered like every estimator, so rank_check needs no import of its module
         built["predictor"] = make_estimator("predictor", predictor=str(predictor))
-    references = {f"{REFERENCE}:seed{seed + k}": ShortTrainEstimator(data=spec, iterations=train_iterations, eval_points=1,
-                                                                   val_samples=val_samples, device=device, seed=seed + k)
-                  for k in range(reference_seeds)}
+    reference = ShortTrainEstimator(data=spec, iterations=train_iterations, eval_points=1, val_samples=val_samples, device=device, seed=seed)
+    references = {f"{REFERENCE}:seed{seed + k}": reference.with_seed(seed + k) for k in range(reference_seeds)}
     rows = []
     for index, config in enumerate(distinct_members(supernet_estimator.space, members, seed)):
         row: dict[str, Any] = {"member": config.name, "config_hash": config.replace(name=None).content_hash()}
