@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.config import HeadConfig
-from hrvit_space.layers import Conv1x1, ConvBN, PackedWeights, folded_batchnorm, pointwise_conv, traced
+from hrvit_space.layers import Conv1x1, ConvBN, PackedWeights, folded_batchnorm, pointwise_conv, traced, uses_running_statistics
 
 
 def _resize(x: Tensor, size: torch.Size) -> Tensor:
@@ -75,8 +75,7 @@ class SegFormerHead(PackedWeights):
         return merged
 
     def _folds_fuse_bn(self) -> bool:
-        bn = self.fuse.bn
-        return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats
+        return uses_running_statistics(self.fuse.bn)
 
     def _pack_key(self) -> tuple:
         return (self._folds_fuse_bn(),)

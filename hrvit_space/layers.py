@@ -101,7 +101,7 @@ class PackedWeights(nn.Module):
     call so gradients reach the parameters; traces record the building; inference tensors have no version.
     """
 
-    _packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (extra key and parameter versions, weights)
+    _packed: tuple[tuple, tuple[Tensor, ...]] | None = None  # (extra key and tensor versions, weights)
 
     def _pack(self) -> tuple[Tensor, ...]:
         raise NotImplementedError
@@ -141,11 +141,15 @@ class TokenLinear(nn.Linear):
         return token_linear(x, self.weight, self.bias)
 
 
+def uses_running_statistics(bn: nn.Module) -> bool:
+    """``bn`` is a BatchNorm normalising with its stored statistics (eval mode): an affine map, foldable."""
+    return isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and not bn.training and bn.track_running_stats
+
+
 def _folds(bn: nn.Module, x: Tensor) -> bool:
     """Whether a forward may run on BN-folded weights: eval-mode statistics, no autograd, no trace (traces
     record the BN), real tensors (shape-only passes on the meta device keep every layer's call)."""
-    return (isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and not bn.training and bn.track_running_stats
-            and not torch.is_grad_enabled() and not x.is_meta and not traced())
+    return uses_running_statistics(bn) and not torch.is_grad_enabled() and not x.is_meta and not traced()
 
 
 class ConvBN(PackedWeights):
