@@ -111,7 +111,7 @@ class PackedWeights(nn.Module):
         return ()
 
     def packed(self) -> tuple[Tensor, ...]:
-        tensors = [*self.parameters(), *self.buffers()]  # buffers: BatchNorm statistics
+        tensors = _tensors_of(self)
         if torch.is_grad_enabled() or traced() or any(t.is_inference() for t in tensors):
             return self._pack()
         key = (self._pack_key(), tuple((t.data_ptr(), t._version) for t in tensors))
@@ -122,6 +122,19 @@ class PackedWeights(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         self._packed = None  # new storage (device, dtype): never reuse weights packed from the old one
         return super()._apply(fn, recurse)
+
+
+def _tensors_of(module: nn.Module) -> list[Tensor]:
+    """Parameters and buffers (BatchNorm statistics) of ``module`` and its children: a plain walk of their
+    dicts, half the cost of ``parameters()`` + ``buffers()``, which ``packed`` pays ~150 times per forward."""
+    tensors: list[Tensor] = []
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        tensors += [t for t in current._parameters.values() if t is not None]
+        tensors += [t for t in current._buffers.values() if t is not None]
+        stack += [child for child in current._modules.values() if child is not None]
+    return tensors
 
 
 class Conv1x1(nn.Conv2d):
