@@ -48,28 +48,26 @@ def strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
                       _strips(q[:, full:], v[:, full:], height - full, heads)], dim=1)
 
 
-def _strips(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
-    """``strip_attention`` where ``window`` divides the height."""
+def _strips(q: Tensor, v: Tensor, window: int, heads: int, mask: Tensor | None = None) -> Tensor:
+    """Attention within the strips of maps whose height ``window`` divides; ``mask`` (the padded form's)
+    says which keys of each strip take part."""
     batch, height, width, channels = q.shape
     strips, length = height // window, window * width
     q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
     v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
-    return _attend(q, v).transpose(1, 2).reshape(batch, height, width, channels)
+    out = _attend(q, v) if mask is None else _fused_attention(q, v, mask)
+    return out.transpose(1, 2).reshape(batch, height, width, channels)
 
 
 def _padded_strip_attention(q: Tensor, v: Tensor, window: int, heads: int) -> Tensor:
     """``strip_attention`` on maps zero-padded to a multiple of ``window`` rows, padded keys masked out."""
-    batch, height, width, channels = q.shape
+    batch, height, width, _ = q.shape
     pad = -height % window
-    if pad:
-        q = F.pad(q, (0, 0, 0, 0, 0, pad))
-        v = F.pad(v, (0, 0, 0, 0, 0, pad))
-    strips, length = (height + pad) // window, window * width
-    q = q.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
-    v = v.reshape(batch * strips, length, heads, channels // heads).transpose(1, 2)
-    mask = _key_padding_mask(batch, strips, length, (window - pad) * width, q.device) if pad else None
-    out = _fused_attention(q, v, mask).transpose(1, 2).reshape(batch, height + pad, width, channels)
-    return out[:, :height] if pad else out
+    if not pad:
+        return _strips(q, v, window, heads)
+    q, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, v))
+    mask = _key_padding_mask(batch, (height + pad) // window, window * width, (window - pad) * width, q.device)
+    return _strips(q, v, window, heads, mask)[:, :height]
 
 
 def _explicit_attention(q: Tensor, v: Tensor) -> Tensor:

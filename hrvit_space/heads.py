@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_space.config import HeadConfig
-from hrvit_space.layers import Conv1x1, ConvBN, PackedWeights, folded_batchnorm, pointwise_conv, traced, uses_running_statistics
+from hrvit_space.layers import (Conv1x1, ConvBN, PackedWeights, folded_batchnorm, merges_layers, pointwise_conv, traced,
+                                uses_running_statistics)
 
 
 def _resize(x: Tensor, size: torch.Size) -> Tensor:
@@ -49,7 +50,7 @@ class SegFormerHead(PackedWeights):
         if traced():
             maps = [proj(x) for proj, x in zip(self.proj, features)]
             fused = self.fuse(torch.cat([maps[0]] + [_resize(m, size) for m in maps[1:]], dim=1))
-        elif not torch.is_grad_enabled() and not features[0].is_meta:
+        elif merges_layers(features[0]):
             weights = self.packed()
             fused = _resized_sum(map(pointwise_conv, features, weights[0::2], weights[1::2]), size)
             fused = fused if self._folds_fuse_bn() else self.fuse.bn(fused)

@@ -159,10 +159,15 @@ def uses_running_statistics(bn: nn.Module) -> bool:
     return isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and not bn.training and bn.track_running_stats
 
 
+def merges_layers(x: Tensor) -> bool:
+    """Whether a forward on ``x`` may run linear layers merged into one (BN folded, projections merged):
+    no autograd, no trace (traces record the plain ops), real tensors (shape-only passes on the meta
+    device keep every layer's call)."""
+    return not torch.is_grad_enabled() and not x.is_meta and not traced()
+
+
 def _folds(bn: nn.Module, x: Tensor) -> bool:
-    """Whether a forward may run on BN-folded weights: eval-mode statistics, no autograd, no trace (traces
-    record the BN), real tensors (shape-only passes on the meta device keep every layer's call)."""
-    return uses_running_statistics(bn) and not torch.is_grad_enabled() and not x.is_meta and not traced()
+    return uses_running_statistics(bn) and merges_layers(x)
 
 
 class ConvBN(PackedWeights):
