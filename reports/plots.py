@@ -186,7 +186,7 @@ def _draw_budgets(ax: Axes, data: StudyData, x: Metric, y: Metric) -> None:
         ax.axhline(budgets[y.column], ls="--", lw=1, color=COLORS["budget"], label=f"budget {budgets[y.column]:g} {y.unit}")
 
 
-BASELINE_MARKER_AREA = 40  # points^2, as scatter's ``s``
+BASELINE_MARKER_AREA, BASELINE_EDGE_PT = 40, 1.5  # the diamonds: scatter's ``s`` (points^2) and edge width
 LABEL_STEP_PT = 10.0  # how far a label moves down when its place is taken
 
 
@@ -196,7 +196,7 @@ def _draw_baselines(ax: Axes, data: StudyData, x: Metric, y: Metric) -> pd.DataF
     rows = rows[rows["baseline"].notna()]
     if len(rows):
         ax.scatter(rows[x.column], rows[y.column], s=BASELINE_MARKER_AREA, marker="D", facecolors="none",
-                   edgecolors=COLORS["baseline"], linewidths=1.5, label="baselines", zorder=ZORDER["baseline"])
+                   edgecolors=COLORS["baseline"], linewidths=BASELINE_EDGE_PT, label="baselines", zorder=ZORDER["baseline"])
     return rows
 
 
@@ -215,7 +215,7 @@ def _label_baselines(ax: Axes, rows: pd.DataFrame, x: Metric, y: Metric) -> None
     renderer = canvas.get_renderer()
     left, right = ax.get_xlim()
     middle = (left + right) / 2
-    radius = (BASELINE_MARKER_AREA**0.5 / 2 + 1.5) * fig.dpi / 72  # half the diamond plus its edge, in pixels
+    radius = (BASELINE_MARKER_AREA**0.5 / 2 + BASELINE_EDGE_PT) * fig.dpi / 72  # half the diamond, edge and a margin, in pixels
     taken = [Bbox.from_bounds(px - radius, py - radius, 2 * radius, 2 * radius)
              for px, py in ax.transData.transform(rows[[x.column, y.column]].to_numpy(dtype=float))]
     for _, row in rows.sort_values(y.column, ascending=False).iterrows():
