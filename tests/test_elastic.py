@@ -169,7 +169,9 @@ def test_token_linear_and_conv1x1_equal_the_plain_layers_with_gradients(shape):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: what the exporters still use
-@pytest.mark.parametrize("choice, op", [("onednn", "aten::mkldnn_convolution"), ("blas", "aten::addmm")])
+@pytest.mark.parametrize("choice, op", [("onednn", "aten::mkldnn_convolution"), ("blas", "aten::addmm"),
+                                        pytest.param("onednn-packed", "mkldnn::_linear_pointwise", marks=pytest.mark.skipif(
+                                            layers._PACKED_LINEAR is None, reason="torch built without oneDNN's matmul"))])
 def test_pointwise_layers_run_the_chosen_kernel_and_traces_keep_plain_ops(monkeypatch, choice, op):
     """Each shape runs the kernel chosen for it (measured once, ``hrvit_space.kernels``); oneDNN is called
     directly, never through a dilated conv2d (its dilated kernel took 3-12x longer on small maps)."""
@@ -210,6 +212,35 @@ def test_kernel_choice_measures_once_per_key_and_keeps_the_default_unless_clearl
     assert calls["fast"] == measured["fast"] + 1 and calls["default"] == measured["default"]
     monkeypatch.setenv("HRVIT_NAS_KERNELS", "first")
     assert kernels.run_fastest(("k", 3), faster).item() == len("default")  # measurement off: the default
+
+
+@pytest.mark.skipif(layers._PACKED_LINEAR is None, reason="torch built without oneDNN's matmul")
+def test_packed_linear_weights_follow_in_place_updates_and_never_reach_autograd(monkeypatch):
+    """oneDNN's reordered weight copy is reused only while the weight is unchanged: an optimizer step, a
+    ``load_state_dict`` or a BN statistics update shows in the next eval output, also inside inference mode."""
+    monkeypatch.setattr(kernels, "_choices", {})
+    monkeypatch.setattr(kernels, "_measure", lambda candidates, args: "onednn-packed" if "onednn-packed" in candidates else "blas")
+    linear, x = TokenLinear(16, 24), tokens(height=14, width=14)
+    with torch.no_grad():
+        first = linear(x)
+        assert linear(x).equal(first)  # the cached copy: same kernel, same result
+    linear(x).square().mean().backward()  # under autograd the packed kernel is no candidate: the weight gets a gradient
+    assert linear.weight.grad.abs().sum() > 0
+    torch.optim.SGD(linear.parameters(), lr=1.0).step()
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(linear(x), first)
+    linear.load_state_dict({"weight": torch.ones(24, 16), "bias": torch.zeros(24)})
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), x.sum(-1, keepdim=True).expand(-1, -1, -1, 24), rtol=1e-5, atol=1e-5)
+    norm_linear = randomise(layers.LinearBN(16, 24)).eval()  # folded weights: built by PackedWeights, cached here
+    with torch.inference_mode():
+        before = norm_linear(x)
+        norm_linear.bn.running_mean.add_(1.0)
+        plain = norm_linear.bn(F.linear(x, norm_linear.linear.weight, norm_linear.linear.bias).reshape(-1, 24)).view_as(before)
+        torch.testing.assert_close(norm_linear(x), plain, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(norm_linear(x), before)
+    assert any(value == "onednn-packed" for value in kernels.chosen_kernels().values())
 
 
 def run_with_kernel(monkeypatch, choice: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
